@@ -1,0 +1,143 @@
+"""Request and result types: the only part of the serving core that callers need to know.
+
+A :class:`Request` names a model, carries a prompt (a string or a list of segments ordered from
+the most shared to the least shared), sampling settings and an optional output constraint. The
+serving core answers each request with a :class:`Result`. Nothing here knows about worlds or
+personas.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+_ids = itertools.count()
+
+
+class SamplingParams(BaseModel):
+    """How the next token is chosen.
+
+    ``temperature == 0`` is greedy decoding. ``seed`` makes sampling reproducible per request:
+    the same request gives the same tokens whatever else shares its batch.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    max_tokens: int = Field(32, ge=1, le=8192)
+    temperature: float = Field(0.0, ge=0.0, le=10.0)
+    top_k: int = Field(0, ge=0, description="0 disables top-k filtering")
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    stop: tuple[str, ...] = ()
+    seed: int = 0
+    ignore_eos: bool = False
+
+
+class Constraint(BaseModel):
+    """An output constraint enforced token by token with llguidance.
+
+    Exactly one of ``json_schema``, ``regex``, ``choices`` or ``lark`` is set.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    kind: Literal["json_schema", "regex", "choices", "lark"]
+    value: str
+
+    @classmethod
+    def json_schema(cls, schema: dict[str, Any] | type[BaseModel]) -> Constraint:
+        """Constrain the output to JSON that validates against ``schema`` (a dict or pydantic model)."""
+        if isinstance(schema, type) and issubclass(schema, BaseModel):
+            schema = schema.model_json_schema()
+        return cls(kind="json_schema", value=json.dumps(schema, sort_keys=True))
+
+    @classmethod
+    def regex(cls, pattern: str) -> Constraint:
+        """Constrain the output to match ``pattern`` in full."""
+        return cls(kind="regex", value=pattern)
+
+    @classmethod
+    def choices(cls, options: list[str] | tuple[str, ...]) -> Constraint:
+        """Constrain the output to exactly one of ``options``."""
+        if not options:
+            raise ValueError("Constraint.choices needs at least one option")
+        return cls(kind="choices", value=json.dumps(list(options)))
+
+    @classmethod
+    def lark(cls, grammar: str) -> Constraint:
+        """Constrain the output with a Lark grammar (llguidance dialect)."""
+        return cls(kind="lark", value=grammar)
+
+
+class Request(BaseModel):
+    """One generation request.
+
+    Args:
+        model: name of the model that should serve it (the scheduler routes by this name).
+        prompt: the prompt text, or a list of segments from the most shared to the least shared;
+            segments are tokenized separately and concatenated so that a shared leading segment
+            always yields the same tokens (and so the same prefix-cache entry).
+        sampling: decoding settings.
+        constraint: optional output constraint.
+        id: unique id, assigned when omitted.
+        tag: free-form caller data returned untouched in the result.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    model: str
+    prompt: str | tuple[str, ...]
+    sampling: SamplingParams = SamplingParams()
+    constraint: Constraint | None = None
+    id: str = Field(default_factory=lambda: f"req-{next(_ids)}")
+    tag: Any = None
+
+    @field_validator("prompt", mode="before")
+    @classmethod
+    def _segments_as_tuple(cls, v: Any) -> Any:
+        if isinstance(v, list):
+            return tuple(v)
+        return v
+
+    @model_validator(mode="after")
+    def _non_empty(self) -> Request:
+        segments = (self.prompt,) if isinstance(self.prompt, str) else self.prompt
+        if not segments or not any(segments):
+            raise ValueError(f"request {self.id}: the prompt is empty")
+        return self
+
+    @property
+    def segments(self) -> tuple[str, ...]:
+        return (self.prompt,) if isinstance(self.prompt, str) else self.prompt
+
+
+FinishReason = Literal["stop", "length", "eos", "constraint", "error"]
+
+
+class Result(BaseModel):
+    """What a request produced.
+
+    ``cached_tokens`` counts prompt tokens served from the prefix cache. ``error`` is set (and
+    ``finish_reason == "error"``) when the request could not be served; the text is then empty.
+    """
+
+    id: str
+    model: str
+    text: str
+    token_ids: list[int]
+    finish_reason: FinishReason
+    prompt_tokens: int
+    cached_tokens: int
+    generated_tokens: int
+    forced_tokens: int = 0
+    latency_s: float = 0.0
+    min_logprob: float | None = None
+    worker: str | None = None
+    error: str | None = None
+    tag: Any = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
