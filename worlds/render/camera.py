@@ -30,7 +30,10 @@ class Camera:
 
     def tile_to_screen(self, tx: float, ty: float) -> tuple[int, int]:
         """Screen pixel of the top-left corner of tile ``(tx, ty)``."""
-        return (int(math.floor(self.offset_x + tx * self.tile_size)), int(math.floor(self.offset_y + ty * self.tile_size)))
+        return (
+            int(math.floor(self.offset_x + tx * self.tile_size)),
+            int(math.floor(self.offset_y + ty * self.tile_size)),
+        )
 
     def tile_center(self, tx: float, ty: float) -> tuple[int, int]:
         """Screen pixel at the centre of tile ``(tx, ty)``."""

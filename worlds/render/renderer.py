@@ -59,7 +59,9 @@ class Renderer:
         bubbles: After :meth:`draw`, the screen rectangle of each speech bubble, by agent name.
     """
 
-    def __init__(self, tile_size: int = 16, *, hud_height: int = 30, max_bubbles: int = 40, legend: bool = True):
+    def __init__(
+        self, tile_size: int = 16, *, hud_height: int = 30, max_bubbles: int = 40, legend: bool = True
+    ):
         self.camera = Camera(tile_size=tile_size)
         self.hud_height = hud_height
         self.max_bubbles = max_bubbles
@@ -128,7 +130,9 @@ class Renderer:
             ring, r = s * 0.24, max(2, int(s * 0.3))
             for k, a in enumerate(group):
                 ang = -math.pi / 2 + 2 * math.pi * k / len(group)
-                placed.append(Placed(a, cx + round(ring * math.cos(ang)), cy + round(ring * math.sin(ang)), r))
+                placed.append(
+                    Placed(a, cx + round(ring * math.cos(ang)), cy + round(ring * math.sin(ang)), r)
+                )
         return placed
 
     # ----------------------------------------------------------------- drawing

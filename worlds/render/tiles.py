@@ -39,7 +39,11 @@ def paint_tiles(tiles: np.ndarray, kinds: dict[int, str], tile_size: int, night:
     """
     h, w = tiles.shape
     s = tile_size
-    surf = pygame.Surface((w * s, h * s)).convert() if pygame.display.get_surface() else pygame.Surface((w * s, h * s))
+    surf = (
+        pygame.Surface((w * s, h * s)).convert()
+        if pygame.display.get_surface()
+        else pygame.Surface((w * s, h * s))
+    )
     for code in np.unique(tiles):
         kind = kinds.get(int(code), "unknown")
         base = tile_color(kind, night)
@@ -108,14 +112,20 @@ def _house(surf: pygame.Surface, r: pygame.Rect, roof: Color, night: bool, sign:
     wall = (226, 210, 178) if not night else (92, 88, 98)
     pygame.draw.rect(surf, wall, body)
     apex = (r.x + r.w // 2, r.y + inset)
-    pygame.draw.polygon(surf, shade(roof, -0.25), [(r.x + inset - 1, body.y), apex, (r.right - inset, body.y)])
+    pygame.draw.polygon(
+        surf, shade(roof, -0.25), [(r.x + inset - 1, body.y), apex, (r.right - inset, body.y)]
+    )
     win = max(2, r.w // 6)
     window = pygame.Rect(body.x + body.w // 4 - win // 2, body.y + body.h // 3, win, win)
     pygame.draw.rect(surf, _WINDOW_GLOW if night else (90, 120, 150), window)
-    door = pygame.Rect(body.x + body.w * 5 // 8, body.y + body.h // 3, max(2, win), body.bottom - body.y - body.h // 3)
+    door = pygame.Rect(
+        body.x + body.w * 5 // 8, body.y + body.h // 3, max(2, win), body.bottom - body.y - body.h // 3
+    )
     pygame.draw.rect(surf, (96, 62, 40) if not night else (50, 34, 26), door)
     if sign:
-        pygame.draw.circle(surf, _WINDOW_GLOW if night else (236, 190, 60), (r.right - inset, body.y), max(1, r.w // 10))
+        pygame.draw.circle(
+            surf, _WINDOW_GLOW if night else (236, 190, 60), (r.right - inset, body.y), max(1, r.w // 10)
+        )
 
 
 def _home(surf: pygame.Surface, r: pygame.Rect, c: Color, x: int, y: int, night: bool) -> None:
