@@ -51,7 +51,7 @@ class Constraint(BaseModel):
         """Constrain the output to JSON that validates against ``schema`` (a dict or pydantic model)."""
         if isinstance(schema, type) and issubclass(schema, BaseModel):
             schema = schema.model_json_schema()
-        return cls(kind="json_schema", value=json.dumps(schema, sort_keys=True))
+        return cls(kind="json_schema", value=json.dumps(schema))
 
     @classmethod
     def regex(cls, pattern: str) -> Constraint:

@@ -1,0 +1,82 @@
+"""Export a Hugging Face causal LM directory to a runnable murmurate model directory.
+
+Uses optimum's ``text-generation-with-past`` export, copies the tokenizer files, and writes the
+manifest (:func:`runtime.artifacts.write_manifest`) with parameter counts.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import warnings
+from pathlib import Path
+from typing import Any
+
+from runtime.artifacts import write_manifest
+
+log = logging.getLogger(__name__)
+
+SUPPORTED = ("llama", "mistral", "qwen2", "qwen3", "qwen3_moe")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+
+
+def count_parameters(config: dict[str, Any], total: int) -> int:
+    """Active parameters per token: for a sparse MoE only ``num_experts_per_tok`` experts count."""
+    n_exp = int(config.get("num_experts") or 0)
+    k = int(config.get("num_experts_per_tok") or 0)
+    if not n_exp or not k:
+        return total
+    hidden = int(config["hidden_size"])
+    moe_inter = int(config.get("moe_intermediate_size") or config["intermediate_size"])
+    per_expert = 3 * hidden * moe_inter  # gate, up and down projections
+    layers = int(config["num_hidden_layers"])
+    sparse_step = int(config.get("decoder_sparse_step") or 1)
+    mlp_only = set(config.get("mlp_only_layers") or [])
+    moe_layers = sum(1 for i in range(layers) if i not in mlp_only and (i + 1) % sparse_step == 0)
+    return total - moe_layers * (n_exp - k) * per_expert
+
+
+def export_model(hf_dir: str | Path, out_dir: str | Path, name: str, extra: dict[str, Any] | None = None) -> Path:
+    """Export the transformers model saved in ``hf_dir`` to ``out_dir`` and write its manifest.
+
+    Args:
+        hf_dir: a directory written by ``save_pretrained`` (model and tokenizer).
+        out_dir: where the model directory goes (created or overwritten).
+        name: the model's name in the manifest.
+        extra: more manifest fields (how it was built, evaluation results...).
+
+    Raises:
+        ValueError: if the architecture is not one optimum exports for us.
+    """
+    from optimum.exporters.onnx import main_export
+
+    hf_dir, out_dir = Path(hf_dir), Path(out_dir)
+    config = json.loads((hf_dir / "config.json").read_text())
+    if config.get("model_type") not in SUPPORTED:
+        raise ValueError(f"cannot export model_type {config.get('model_type')!r}; supported: {', '.join(SUPPORTED)}")
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        main_export(str(hf_dir), output=str(out_dir), task="text-generation-with-past", device="cpu")
+    for fname in TOKENIZER_FILES:
+        if (hf_dir / fname).exists() and not (out_dir / fname).exists():
+            shutil.copy(hf_dir / fname, out_dir / fname)
+    total = _total_parameters(hf_dir)
+    fields = {"parameters": total, "active_parameters": count_parameters(config, total), **(extra or {})}
+    write_manifest(out_dir, name, fields)
+    log.info("exported %s (%s, %d params) to %s", name, config.get("model_type"), total, out_dir)
+    return out_dir
+
+
+def _total_parameters(hf_dir: Path) -> int:
+    from safetensors import safe_open
+
+    total = 0
+    for f in hf_dir.glob("*.safetensors"):
+        with safe_open(str(f), framework="np") as st:
+            for key in st.keys():
+                total += math.prod(st.get_slice(key).get_shape())
+    return total

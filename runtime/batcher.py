@@ -1,0 +1,373 @@
+"""Continuous batching over one engine: requests join and leave the running batch between steps.
+
+One :meth:`Batcher.step` reads like its description:
+
+1. **admit** waiting requests while the batch has room (rows, prefill tokens per step);
+2. **match** each against the radix cache, first computing once any prefix several of them share;
+3. **prefill** their uncached tails in one ragged pass, insert the prompts' KV into the cache,
+   sample each one's first token;
+4. **decode** one step for every running row (a row may feed several tokens when the grammar forces
+   them), sample, and retire rows that are done.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from runtime.constrained import ConstraintCompiler, ConstraintError
+from runtime.engine import BatchKV, OrtEngine
+from runtime.kv_cache import RadixCache, TreeNode, common_prefix_length
+from runtime.sampling import request_rng, sample_token
+from runtime.tokenizer import Tokenizer
+from runtime.types import Request, Result
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Sequence:
+    """A request in flight."""
+
+    req: Request | None  # None for an internal shared-prefix pass
+    prompt: list[int]
+    arrival: float = 0.0
+    rng: np.random.Generator | None = None
+    prefix_kv: np.ndarray | None = None  # cached prefix KV, (L, 2, H, cached, D), until prefill
+    matcher: object | None = None
+    out: list[int] = field(default_factory=list)
+    pending: list[int] = field(default_factory=list)  # tokens to feed on the next pass
+    pos: int = 0  # tokens already in the KV
+    cached: int = 0
+    forced: int = 0
+    node: TreeNode | None = None  # locked radix node
+    min_logprob: float | None = None
+    finish: str | None = None
+    text: str | None = None
+    error: str | None = None
+
+    @property
+    def max_tokens(self) -> int:
+        return self.req.sampling.max_tokens
+
+
+@dataclass
+class BatcherStats:
+    requests: int = 0
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+    shared_prefill_tokens: int = 0
+    generated_tokens: int = 0
+    forced_tokens: int = 0
+    prefill_passes: int = 0
+    decode_passes: int = 0
+    engine_s: float = 0.0
+
+    @property
+    def hit_ratio(self) -> float:
+        return self.cached_tokens / self.prompt_tokens if self.prompt_tokens else 0.0
+
+
+class Batcher:
+    """Continuous batching with a shared radix prefix cache.
+
+    Args:
+        engine: the model's engine.
+        tokenizer: the model's tokenizer.
+        cache: the radix cache (``None`` disables prefix caching).
+        max_batch_size: most rows decoding together.
+        max_prefill_tokens: most uncached prompt tokens prefilled in one step (at least one request
+            is always admitted).
+        share_prefixes: compute a prefix shared by several newly admitted requests once.
+        min_shared_tokens: shortest shared prefix worth a pass of its own.
+    """
+
+    def __init__(
+        self,
+        engine: OrtEngine,
+        tokenizer: Tokenizer,
+        cache: RadixCache | None = None,
+        max_batch_size: int = 64,
+        max_prefill_tokens: int = 8192,
+        share_prefixes: bool = True,
+        min_shared_tokens: int = 16,
+    ):
+        self.engine = engine
+        self.tok = tokenizer
+        self.cache = cache
+        self.max_batch_size = max_batch_size
+        self.max_prefill_tokens = max_prefill_tokens
+        self.share_prefixes = share_prefixes and cache is not None
+        self.min_shared_tokens = min_shared_tokens
+        self.context = engine.info.max_position_embeddings
+        self.compiler = ConstraintCompiler(tokenizer.to_json(), engine.info.vocab_size, tokenizer.eos_token_ids)
+        self.eos = set(tokenizer.eos_token_ids)
+        self.waiting: list[Sequence] = []
+        self.running: list[Sequence] = []
+        self.kv: BatchKV = engine.empty_kv(0)
+        self.stats = BatcherStats()
+        self._done: list[Result] = []
+
+    # ---- public API ----------------------------------------------------------------------------
+    def add(self, req: Request) -> None:
+        """Queue a request. Problems (oversized prompt, bad constraint) become error results."""
+        seq = Sequence(req, [], time.perf_counter(), request_rng(req.sampling))
+        try:
+            seq.prompt = self.tok.encode_prompt(req.segments)
+            if len(seq.prompt) >= self.context:
+                raise ValueError(f"prompt of {len(seq.prompt)} tokens does not fit the model's context of {self.context}")
+            if req.constraint is not None:
+                seq.matcher = self.compiler.matcher(req.constraint)
+        except (ValueError, ConstraintError) as e:
+            seq.error, seq.finish = str(e), "error"
+            self._done.append(self._result(seq))
+            return
+        self.waiting.append(seq)
+
+    @property
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.running or self._done)
+
+    def step(self) -> list[Result]:
+        """One scheduling iteration; returns the requests that finished in it."""
+        admitted = self._admit()
+        if admitted:
+            self._prefill(admitted)
+        if self.running:
+            self._decode()
+        done, self._done = self._done, []
+        return done
+
+    def run(self, requests: list[Request]) -> list[Result]:
+        """Serve ``requests`` to completion; results in the same order."""
+        for r in requests:
+            self.add(r)
+        by_id: dict[str, Result] = {}
+        while self.has_work:
+            for res in self.step():
+                by_id[res.id] = res
+        return [by_id[r.id] for r in requests]
+
+    # ---- admission and prefix matching -------------------------------------------------------
+    def _admit(self) -> list[Sequence]:
+        room = self.max_batch_size - len(self.running)
+        admitted, budget = [], self.max_prefill_tokens
+        while self.waiting and room > 0:
+            seq = self.waiting[0]
+            need = len(seq.prompt)
+            if admitted and need > budget:
+                break
+            admitted.append(self.waiting.pop(0))
+            budget -= need
+            room -= 1
+        if admitted and self.share_prefixes:
+            self._prefill_shared([s.prompt for s in admitted])
+        for seq in admitted:
+            self._match(seq)
+        return admitted
+
+    def _match(self, seq: Sequence) -> np.ndarray | None:
+        if self.cache is None:
+            return None
+        m = self.cache.match_prefix(seq.prompt)
+        self.cache.lock(m.node)
+        seq.node = m.node
+        kv = self.cache.gather(m)
+        length = m.length
+        if length == len(seq.prompt):  # fully cached: recompute the last token to get its logits
+            length -= 1
+            kv = kv[:, :, :, :length] if length else None
+        seq.cached = length
+        seq.prefix_kv = kv
+        return kv
+
+    def _prefill_shared(self, prompts: list[list[int]], depth: int = 0) -> None:
+        """Compute once, and cache, each prefix that two or more of ``prompts`` share beyond the cache."""
+        if depth > 3 or len(prompts) < 2:
+            return
+        order = sorted(prompts)
+        lcp = [common_prefix_length(a, b) for a, b in zip(order, order[1:])]
+        candidates: dict[tuple[int, ...], None] = {}
+        for i, p in enumerate(order):
+            shared = max(lcp[i - 1] if i else 0, lcp[i] if i < len(lcp) else 0)
+            shared = min(shared, len(p) - 1)
+            if shared >= self.min_shared_tokens:
+                candidates[tuple(p[:shared])] = None
+        todo = [list(c) for c in candidates if self.cache.match_prefix(c).length < len(c) - self.min_shared_tokens + 1]
+        if not todo:
+            return
+        self._prefill_shared(todo, depth + 1)  # their own common parts first
+        seqs = []
+        for toks in todo:
+            s = Sequence(None, toks)
+            self._match(s)
+            seqs.append(s)
+        self._forward_prefill(seqs, sample=False)
+        for s in seqs:
+            self.stats.shared_prefill_tokens += len(s.prompt) - s.cached
+            self.cache.unlock(s.node)
+
+    # ---- prefill ------------------------------------------------------------------------------
+    def _prefill(self, admitted: list[Sequence]) -> None:
+        for seq in admitted:
+            if seq.matcher is not None:  # the constrained output may start with forced tokens
+                ff = seq.matcher.compute_ff_tokens()
+                if ff:
+                    seq.matcher.consume_tokens(ff)
+                    seq.out.extend(ff)
+                    seq.forced += len(ff)
+            seq.pending = seq.prompt[seq.cached :] + seq.out
+            self.stats.requests += 1
+            self.stats.prompt_tokens += len(seq.prompt)
+            self.stats.cached_tokens += seq.cached
+        # group by length so padding stays small: rows × longest ≤ 2 × real tokens
+        admitted.sort(key=lambda s: len(s.pending))
+        groups, cur = [], []
+        for s in admitted:
+            if cur and len(s.pending) * (len(cur) + 1) > 2 * (sum(len(c.pending) for c in cur) + len(s.pending)):
+                groups.append(cur)
+                cur = []
+            cur.append(s)
+        groups.append(cur)
+        for group in groups:
+            logits, kv = self._forward_prefill(group, sample=True)
+            alive = self._sample_rows(group, logits)
+            self.running.extend(group[i] for i in alive)
+            self.kv = BatchKV.concat([self.kv, kv.select(alive)]) if alive else self.kv
+
+    def _forward_prefill(self, seqs: list[Sequence], sample: bool) -> tuple[np.ndarray, BatchKV]:
+        if not sample:
+            for s in seqs:
+                s.pending = s.prompt[s.cached :]
+        past = BatchKV.from_prefixes(self.engine.info, [s.prefix_kv for s in seqs], self.engine.kv_dtype)
+        for s in seqs:
+            s.prefix_kv = None  # the batch holds its own copy now
+            s.pos = s.cached
+        logits, kv = self._forward(seqs, past)
+        self.stats.prefill_passes += 1
+        if self.cache is not None:
+            for b, s in enumerate(seqs):
+                n = len(s.prompt)
+                node = self.cache.insert(s.prompt, kv.row_tokens(b, s.cached, n), offset=s.cached, lock=True)
+                self.cache.unlock(s.node)
+                s.node = node
+        return logits, kv
+
+    # ---- decode -------------------------------------------------------------------------------
+    def _decode(self) -> None:
+        logits, self.kv = self._forward(self.running, self.kv)
+        self.stats.decode_passes += 1
+        alive = self._sample_rows(self.running, logits)
+        if len(alive) < len(self.running):
+            self.running = [self.running[i] for i in alive]
+            self.kv = self.kv.select(alive)
+
+    def _forward(self, seqs: list[Sequence], past: BatchKV) -> tuple[np.ndarray, BatchKV]:
+        """Feed each row its pending tokens (right-aligned) in one pass."""
+        T = max(len(s.pending) for s in seqs)
+        B = len(seqs)
+        ids = np.zeros((B, T), np.int64)
+        pos = np.zeros((B, T), np.int64)
+        mask = np.zeros((B, T), np.int64)
+        for b, s in enumerate(seqs):
+            n = len(s.pending)
+            ids[b, T - n :] = s.pending
+            pos[b, T - n :] = np.arange(s.pos, s.pos + n)
+            mask[b, T - n :] = 1
+            s.pos += n
+            s.pending = []
+        t0 = time.perf_counter()
+        logits, kv = self.engine.forward(ids, pos, mask, past)
+        self.stats.engine_s += time.perf_counter() - t0
+        return logits, kv
+
+    # ---- sampling and finishing ---------------------------------------------------------------
+    def _sample_rows(self, seqs: list[Sequence], logits: np.ndarray) -> list[int]:
+        """Sample a token for each row; returns the indices of rows still running."""
+        constrained = [(s.matcher, b) for b, s in enumerate(seqs) if s.matcher is not None]
+        if constrained:
+            bitmask = self.compiler.allocate_bitmask(len(seqs))
+            self.compiler.fill_masks(constrained, bitmask)
+            rows = np.array([b for _, b in constrained])
+            sub = logits[rows]
+            self.compiler.apply(sub, bitmask[rows])
+            logits[rows] = sub
+        alive = []
+        for b, s in enumerate(seqs):
+            tok, logp = sample_token(logits[b], s.req.sampling, s.rng)
+            s.min_logprob = logp if s.min_logprob is None else min(s.min_logprob, logp)
+            self._accept(s, tok)
+            if s.finish is None:
+                alive.append(b)
+            else:
+                self._finish(s)
+        return alive
+
+    def _accept(self, s: Sequence, tok: int) -> None:
+        if s.matcher is not None:
+            if not s.matcher.consume_token(tok):
+                s.finish, s.error = "error", f"constraint rejected token {tok}: {s.matcher.get_error()}"
+                return
+            if s.matcher.is_stopped():
+                if tok not in self.eos:
+                    s.out.append(tok)
+                s.finish = "stop"
+                return
+            s.out.append(tok)
+            s.pending = [tok]
+            ff = s.matcher.compute_ff_tokens()
+            if ff:
+                s.matcher.consume_tokens(ff)
+                s.out.extend(ff)
+                s.pending.extend(ff)
+                s.forced += len(ff)
+                if s.matcher.is_stopped():
+                    s.finish = "stop"
+                    return
+        else:
+            if tok in self.eos and not s.req.sampling.ignore_eos:
+                s.finish = "eos"
+                return
+            s.out.append(tok)
+            s.pending = [tok]
+        if s.req.sampling.stop:
+            text = self.tok.decode(s.out)
+            hits = [i for i in (text.find(x) for x in s.req.sampling.stop) if i >= 0]
+            if hits:
+                s.text, s.finish = text[: min(hits)], "stop"
+                return
+        if len(s.out) >= s.max_tokens:
+            s.finish = "length"
+            if s.matcher is not None:  # an unfinished constrained output would not parse
+                s.finish, s.error = "error", f"constrained output incomplete after max_tokens={s.max_tokens}"
+        elif s.pos + len(s.pending) >= self.context:
+            s.finish = "length"
+
+    def _finish(self, s: Sequence) -> None:
+        if self.cache is not None and s.node is not None:
+            self.cache.unlock(s.node)
+            s.node = None
+        self.stats.generated_tokens += len(s.out)
+        self.stats.forced_tokens += s.forced
+        self._done.append(self._result(s))
+
+    def _result(self, s: Sequence) -> Result:
+        text = s.text if s.text is not None else ("" if s.error else self.tok.decode(s.out))
+        return Result(
+            id=s.req.id,
+            model=s.req.model,
+            text=text,
+            token_ids=list(s.out),
+            finish_reason=s.finish or "error",  # type: ignore[arg-type]
+            prompt_tokens=len(s.prompt),
+            cached_tokens=s.cached,
+            generated_tokens=len(s.out),
+            forced_tokens=s.forced,
+            latency_s=time.perf_counter() - s.arrival,
+            min_logprob=s.min_logprob,
+            error=s.error,
+            tag=s.req.tag,
+        )

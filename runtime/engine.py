@@ -1,0 +1,216 @@
+"""ONNX Runtime engine: one forward pass over a ragged batch with its KV tensors.
+
+Shapes (letter legend): B = rows in the batch, T = new tokens per row this pass, W = KV columns,
+L = layers, H = KV heads, D = head size, V = vocabulary.
+
+The running batch keeps its KV as the graph's own ``present.*`` outputs, fed back as
+``past_key_values.*`` on the next pass, so a decode step copies nothing. Rows are ragged: a row's
+valid KV columns are marked in an attention mask ``(B, W)`` and positions are explicit
+(``position_ids``), so rows of different lengths — and holes left by padding — coexist in one
+tensor. The layout only changes (a copy) when rows join or leave the batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import onnxruntime as ort
+
+from runtime.artifacts import ModelArtifacts, ModelError, ModelInfo
+
+log = logging.getLogger(__name__)
+
+CPU = "CPUExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+
+
+def choose_providers(requested: list[str] | str | None = None, available: list[str] | None = None) -> list[str]:
+    """Pick ONNX Runtime execution providers.
+
+    Args:
+        requested: ``None`` or ``"cpu"`` for CPU; ``"auto"`` for CUDA when this onnxruntime build has
+            it, else CPU; ``"cuda"`` to require CUDA; or an explicit provider list.
+        available: the providers this onnxruntime offers (``ort.get_available_providers()``).
+
+    Raises:
+        ModelError: when an explicitly requested provider is not available.
+    """
+    available = list(available if available is not None else ort.get_available_providers())
+    if requested is None or requested == "cpu":
+        return [CPU]
+    if requested == "auto":
+        return [CUDA, CPU] if CUDA in available else [CPU]
+    if requested == "cuda":
+        requested = [CUDA, CPU]
+    if isinstance(requested, str):
+        raise ModelError(f"unknown provider choice {requested!r}; use 'cpu', 'cuda', 'auto' or a provider list")
+    missing = [p for p in requested if p not in available]
+    if missing:
+        raise ModelError(
+            f"execution provider(s) {', '.join(missing)} not available in this onnxruntime build "
+            f"(available: {', '.join(available)}); install onnxruntime-gpu for CUDA or use 'auto'"
+        )
+    return list(requested)
+
+
+@dataclass
+class BatchKV:
+    """KV tensors of a ragged batch: ``2L`` arrays ``(B, H, W, D)`` and a validity mask ``(B, W)``."""
+
+    kv: list[np.ndarray]
+    mask: np.ndarray
+
+    @property
+    def rows(self) -> int:
+        return self.mask.shape[0]
+
+    @property
+    def width(self) -> int:
+        return self.mask.shape[1]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in self.kv)
+
+    @staticmethod
+    def empty(info: ModelInfo, rows: int, dtype=np.float32) -> BatchKV:
+        shape = (rows, info.num_kv_heads, 0, info.head_dim)
+        return BatchKV([np.zeros(shape, dtype) for _ in range(2 * info.num_layers)], np.zeros((rows, 0), np.int64))
+
+    @staticmethod
+    def from_prefixes(info: ModelInfo, prefixes: list[np.ndarray | None], dtype=np.float32) -> BatchKV:
+        """Left-padded batch from per-row prefix KV arrays ``(L, 2, H, m, D)`` (``None`` = empty)."""
+        lengths = [0 if p is None else p.shape[3] for p in prefixes]
+        rows, width = len(prefixes), max(lengths, default=0)
+        L, H, D = info.num_layers, info.num_kv_heads, info.head_dim
+        buf = np.zeros((L, 2, rows, H, width, D), dtype)  # one allocation, 2L contiguous views
+        mask = np.zeros((rows, width), np.int64)
+        for b, (p, m) in enumerate(zip(prefixes, lengths)):
+            if m:
+                buf[:, :, b, :, width - m :, :] = p
+                mask[b, width - m :] = 1
+        return BatchKV([buf[i, j] for i in range(L) for j in range(2)], mask)
+
+    def select(self, rows: list[int] | np.ndarray) -> BatchKV:
+        idx = np.asarray(rows, dtype=np.int64)
+        out = BatchKV([a[idx] for a in self.kv], self.mask[idx])
+        return out.trim()
+
+    def trim(self) -> BatchKV:
+        """Drop leading columns that no row uses (left after the longest rows finished)."""
+        if self.width == 0 or self.rows == 0:
+            return self
+        used = self.mask.any(axis=0)
+        first = int(np.argmax(used)) if used.any() else self.width
+        if first == 0:
+            return self
+        return BatchKV([np.ascontiguousarray(a[:, :, first:, :]) for a in self.kv], np.ascontiguousarray(self.mask[:, first:]))
+
+    @staticmethod
+    def concat(parts: list[BatchKV]) -> BatchKV:
+        """Stack batches along rows, left-padding each to the widest."""
+        parts = [p for p in parts if p.rows]
+        if len(parts) == 1:
+            return parts[0]
+        width = max(p.width for p in parts)
+        kv = []
+        for i in range(len(parts[0].kv)):
+            kv.append(np.concatenate([_left_pad(p.kv[i], width - p.width, axis=2) for p in parts], axis=0))
+        mask = np.concatenate([_left_pad(p.mask, width - p.width, axis=1) for p in parts], axis=0)
+        return BatchKV(kv, mask)
+
+    def row_tokens(self, row: int, start: int, stop: int) -> np.ndarray:
+        """KV of a row's valid tokens ``start:stop`` (in token order) as ``(L, 2, H, n, D)``."""
+        cols = np.flatnonzero(self.mask[row])[start:stop]
+        L = len(self.kv) // 2
+        out = np.empty((L, 2, self.kv[0].shape[1], len(cols), self.kv[0].shape[3]), self.kv[0].dtype)
+        contiguous = len(cols) and cols[-1] - cols[0] + 1 == len(cols)
+        for i, a in enumerate(self.kv):
+            out[i // 2, i % 2] = a[row, :, cols[0] : cols[-1] + 1, :] if contiguous else a[row][:, cols, :]
+        return out
+
+
+def _left_pad(a: np.ndarray, n: int, axis: int) -> np.ndarray:
+    if n == 0:
+        return a
+    shape = list(a.shape)
+    shape[axis] = n
+    return np.concatenate([np.zeros(shape, a.dtype), a], axis=axis)
+
+
+class OrtEngine:
+    """Runs a model directory's ``model.onnx`` on ragged batches.
+
+    Args:
+        artifacts: a checked model directory (:func:`runtime.artifacts.load_model_dir`).
+        providers: see :func:`choose_providers`.
+        intra_op_threads: ONNX Runtime intra-op threads (``None``: ``MURMURATE_THREADS`` or all cores).
+        inter_op_threads: ONNX Runtime inter-op threads.
+    """
+
+    def __init__(
+        self,
+        artifacts: ModelArtifacts,
+        providers: list[str] | str | None = None,
+        intra_op_threads: int | None = None,
+        inter_op_threads: int = 1,
+    ):
+        self.artifacts = artifacts
+        self.info = artifacts.info
+        self.providers = choose_providers(providers)
+        opts = ort.SessionOptions()
+        threads = intra_op_threads or int(os.environ.get("MURMURATE_THREADS", "0") or 0)
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = inter_op_threads
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(str(artifacts.onnx_path), sess_options=opts, providers=self.providers)
+        except Exception as e:  # ORT raises several private exception types
+            raise ModelError(f"{artifacts.onnx_path}: ONNX Runtime could not load the graph ({e})") from None
+        self.providers = self.session.get_providers()
+        self.threads = threads
+        log.info("engine %s: providers=%s intra_op_threads=%s", artifacts.name, self.providers, threads or "all")
+        names = {i.name for i in self.session.get_inputs()}
+        self._has_position_ids = "position_ids" in names
+        kv_in = [i for i in self.session.get_inputs() if i.name.startswith("past_key_values.")]
+        self.kv_dtype = np.float16 if kv_in and "float16" in kv_in[0].type else np.float32
+        L = self.info.num_layers
+        self._past_names = [f"past_key_values.{i}.{k}" for i in range(L) for k in ("key", "value")]
+        self._present_names = [f"present.{i}.{k}" for i in range(L) for k in ("key", "value")]
+        self._outputs = ["logits", *self._present_names]
+        self.forward_calls = 0
+        self.forward_tokens = 0
+
+    def empty_kv(self, rows: int) -> BatchKV:
+        return BatchKV.empty(self.info, rows, self.kv_dtype)
+
+    def forward(
+        self, input_ids: np.ndarray, positions: np.ndarray, input_mask: np.ndarray, past: BatchKV
+    ) -> tuple[np.ndarray, BatchKV]:
+        """Run one pass.
+
+        Args:
+            input_ids: ``(B, T)`` new tokens, right-aligned (padding on the left, masked out).
+            positions: ``(B, T)`` position of each new token in its own sequence.
+            input_mask: ``(B, T)`` 1 for real tokens, 0 for padding.
+            past: the batch's KV so far, ``W`` columns.
+
+        Returns:
+            logits of each row's last token ``(B, V)`` and the KV with ``W + T`` columns.
+        """
+        mask = np.concatenate([past.mask, input_mask.astype(np.int64)], axis=1)  # (B, W + T)
+        feed = {"input_ids": input_ids.astype(np.int64, copy=False), "attention_mask": mask}
+        if self._has_position_ids:
+            feed["position_ids"] = positions.astype(np.int64, copy=False)
+        for name, arr in zip(self._past_names, past.kv):
+            feed[name] = arr
+        outs = self.session.run(self._outputs, feed)
+        self.forward_calls += 1
+        self.forward_tokens += int(input_mask.sum())
+        logits = outs[0][:, -1, :]  # (B, V): rows are right-aligned, the last column is each row's newest token
+        return logits, BatchKV(list(outs[1:]), mask)

@@ -1,0 +1,245 @@
+"""The scheduler: requests from many callers, routed by model name to Ray ``ModelWorker`` replicas.
+
+Callers hand over requests (``submit`` one, or ``generate`` many); a dispatcher thread runs the loop
+
+    receive pending requests → group by model → split over live replicas → one Ray call per chunk
+    → collect finished calls → deliver results (re-sending a dead replica's chunk elsewhere)
+
+so each worker gets its requests in batches: never one Ray call per request or per token. A replica
+that dies mid-batch is replaced, and its requests are served by a live replica; callers get results,
+not exceptions.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass, replace
+
+from runtime.policy import split_for_replicas
+from runtime.types import Request, Result
+from runtime.worker import ModelWorkerImpl, WorkerConfig
+
+log = logging.getLogger(__name__)
+
+
+def ensure_ray(address: str | None = None, num_cpus: float | None = None) -> None:
+    """Start Ray locally on demand, or join the cluster at ``address`` (``"auto"`` finds a running one)."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    if address:
+        ray.init(address=address, namespace="murmurate", log_to_driver=False)
+    else:
+        ray.init(num_cpus=num_cpus, include_dashboard=False, namespace="murmurate", log_to_driver=False)
+
+
+def ModelWorker():  # noqa: N802 - the actor class, named as users know it
+    """The Ray actor class wrapping :class:`runtime.worker.ModelWorkerImpl`."""
+    import ray
+
+    global _MODEL_WORKER
+    if _MODEL_WORKER is None:
+        _MODEL_WORKER = ray.remote(ModelWorkerImpl)
+    return _MODEL_WORKER
+
+
+_MODEL_WORKER = None
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A model to serve: its worker configuration, how many replicas, what each reserves."""
+
+    worker: WorkerConfig
+    replicas: int = 1
+    num_cpus: float = 0.5
+    num_gpus: float = 0.0
+
+    @property
+    def name(self) -> str:
+        if self.worker.name:
+            return self.worker.name
+        from runtime.artifacts import load_model_dir
+
+        return load_model_dir(self.worker.model_dir, verify=False).name
+
+
+@dataclass
+class _Call:
+    model: str
+    replica: object
+    requests: list[Request]
+    futures: list[Future]
+    attempt: int = 0
+
+
+class Scheduler:
+    """Routes requests by model name to worker replicas, one Ray call per batch.
+
+    Args:
+        models: the models to serve.
+        address: a Ray cluster to join; ``None`` starts Ray locally when needed.
+        max_retries: times a batch is re-sent after its replica died.
+    """
+
+    def __init__(self, models: list[ModelSpec], address: str | None = None, max_retries: int = 3):
+        ensure_ray(address)
+        self.specs: dict[str, ModelSpec] = {}
+        self.replicas: dict[str, list] = {}
+        self._serial = 0
+        self.max_retries = max_retries
+        for spec in models:
+            name = spec.name
+            spec = replace(spec, worker=replace(spec.worker, name=name))
+            if name in self.specs:
+                raise ValueError(f"model {name!r} given twice")
+            self.specs[name] = spec
+            self.replicas[name] = [self._start_replica(spec) for _ in range(spec.replicas)]
+        import ray
+
+        ray.get([r.ping.remote() for reps in self.replicas.values() for r in reps])  # fail early on bad models
+        self._inbox: queue.Queue = queue.Queue()
+        self._calls: dict = {}  # ObjectRef -> _Call
+        self._closed = threading.Event()
+        self.ray_calls = 0
+        self.requests_served = 0
+        self.restarts = 0
+        self._thread = threading.Thread(target=self._loop, name="scheduler", daemon=True)
+        self._thread.start()
+
+    @property
+    def models(self) -> list[str]:
+        return list(self.specs)
+
+    def _start_replica(self, spec: ModelSpec):
+        self._serial += 1
+        wid = f"{spec.worker.name}#{self._serial}"
+        return (
+            ModelWorker()
+            .options(num_cpus=spec.num_cpus, num_gpus=spec.num_gpus or None, max_concurrency=64)
+            .remote(spec.worker, wid)
+        )
+
+    # ---- callers ------------------------------------------------------------------------------
+    def submit(self, request: Request) -> Future:
+        """Queue one request; the future resolves to its :class:`Result`."""
+        return self.submit_many([request])[0]
+
+    def submit_many(self, requests: list[Request]) -> list[Future]:
+        """Queue requests together (they leave in the same batch); one future each."""
+        if self._closed.is_set():
+            raise RuntimeError("scheduler is shut down")
+        futs = [Future() for _ in requests]
+        self._inbox.put(list(zip(requests, futs)))
+        return futs
+
+    def generate(self, requests: list[Request], timeout: float | None = None) -> list[Result]:
+        """Serve ``requests``; results in the same order. Unknown models give error results."""
+        return [f.result(timeout=timeout) for f in self.submit_many(requests)]
+
+    # ---- the loop -----------------------------------------------------------------------------
+    def _loop(self) -> None:
+        import ray
+
+        while not self._closed.is_set():
+            pending = self._receive(block=not self._calls)
+            if pending:
+                self._dispatch(pending)
+            if self._calls:
+                done, _ = ray.wait(list(self._calls), num_returns=len(self._calls), timeout=0.002, fetch_local=False)
+                for ref in done:
+                    self._collect(ref, self._calls.pop(ref))
+
+    def _receive(self, block: bool) -> list[tuple[Request, Future]]:
+        items: list[tuple[Request, Future]] = []
+        try:
+            items.extend(self._inbox.get(block=block, timeout=0.05 if block else None))
+            while True:
+                items.extend(self._inbox.get_nowait())
+        except queue.Empty:
+            pass
+        return items
+
+    def _dispatch(self, items: list[tuple[Request, Future]], attempt: int = 0) -> None:
+        by_model: dict[str, list[tuple[Request, Future]]] = {}
+        for req, fut in items:
+            if req.model not in self.specs:
+                fut.set_result(_error(req, f"unknown model {req.model!r}; serving: {', '.join(self.specs) or 'none'}"))
+                continue
+            by_model.setdefault(req.model, []).append((req, fut))
+        for model, group in by_model.items():
+            futs = {r.id: f for r, f in group}
+            replicas = self.replicas[model]
+            for i, chunk in enumerate(split_for_replicas([r for r, _ in group], len(replicas))):
+                self._send(_Call(model, replicas[i], chunk, [futs[r.id] for r in chunk], attempt))
+
+    def _send(self, call: _Call) -> None:
+        ref = call.replica.generate.remote(call.requests)
+        self.ray_calls += 1
+        self._calls[ref] = call
+
+    def _collect(self, ref, call: _Call) -> None:
+        import ray
+
+        try:
+            results = ray.get(ref)
+        except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as e:
+            self._on_replica_failure(call, e)
+            return
+        except Exception as e:  # a bug inside the worker: report per request, keep serving
+            log.exception("worker call failed")
+            results = [_error(r, f"worker error: {type(e).__name__}: {e}") for r in call.requests]
+        for fut, res in zip(call.futures, results):
+            self.requests_served += 1
+            fut.set_result(res)
+
+    def _on_replica_failure(self, call: _Call, err: Exception) -> None:
+        log.warning("replica of %s died (%s); restarting it and re-sending %d requests", call.model, type(err).__name__, len(call.requests))
+        reps = self.replicas[call.model]
+        idx = 0
+        if call.replica in reps:
+            idx = reps.index(call.replica)
+            reps[idx] = self._start_replica(self.specs[call.model])
+            self.restarts += 1
+            # other in-flight calls to the dead replica fail on their own and come back here
+        if call.attempt >= self.max_retries:
+            for r, fut in zip(call.requests, call.futures):
+                fut.set_result(_error(r, f"model {call.model!r}: replica died {call.attempt + 1} times serving this request"))
+            return
+        live = [r for r in reps if r is not call.replica]
+        target = live[(call.attempt + idx) % len(live)] if live else reps[0]
+        self._send(_Call(call.model, target, call.requests, call.futures, call.attempt + 1))
+
+    # ---- introspection and shutdown -------------------------------------------------------------
+    def worker_stats(self) -> list[dict]:
+        import ray
+
+        return ray.get([r.stats.remote() for reps in self.replicas.values() for r in reps])
+
+    def shutdown(self) -> None:
+        import ray
+
+        self._closed.set()
+        self._thread.join(timeout=5)
+        for reps in self.replicas.values():
+            for r in reps:
+                ray.kill(r, no_restart=True)
+        self.replicas.clear()
+
+    def __enter__(self) -> Scheduler:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.shutdown()
+
+
+def _error(req: Request, msg: str) -> Result:
+    return Result(
+        id=req.id, model=req.model, text="", token_ids=[], finish_reason="error", prompt_tokens=0,
+        cached_tokens=0, generated_tokens=0, error=msg, tag=req.tag,
+    )

@@ -1,0 +1,171 @@
+"""``ModelWorker``: a Ray actor holding one model's engine, radix cache and continuous batcher.
+
+A caller sends a whole batch in one Ray call (:meth:`ModelWorker.generate`). Inside the actor a
+loop thread steps the batcher; batches from different calls join the same running batch between
+decode steps, and each call returns when all of its requests are done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import queue
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from runtime.types import Request, Result
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """How a worker serves its model.
+
+    Args:
+        model_dir: the model directory.
+        name: the model's name (what requests ask for); defaults to the manifest's.
+        providers: ONNX Runtime providers (``"cpu"``, ``"cuda"``, ``"auto"`` or a list).
+        threads: ONNX Runtime intra-op threads (0 = all cores).
+        max_batch_size: most rows decoding together.
+        max_prefill_tokens: most uncached prompt tokens prefilled per step.
+        cache_bytes: radix cache budget; 0 disables prefix caching.
+        verify: check file checksums on load.
+    """
+
+    model_dir: str
+    name: str | None = None
+    providers: str | tuple[str, ...] | None = None
+    threads: int = 0
+    max_batch_size: int = 64
+    max_prefill_tokens: int = 8192
+    cache_bytes: int = 512 << 20
+    verify: bool = True
+    extra: dict = field(default_factory=dict)
+
+
+def build_batcher(cfg: WorkerConfig):
+    """Engine + tokenizer + cache + batcher for ``cfg`` (also used without Ray)."""
+    from runtime.artifacts import load_model_dir
+    from runtime.batcher import Batcher
+    from runtime.engine import OrtEngine
+    from runtime.kv_cache import RadixCache
+    from runtime.tokenizer import Tokenizer
+
+    art = load_model_dir(Path(cfg.model_dir), verify=cfg.verify)
+    providers = list(cfg.providers) if isinstance(cfg.providers, tuple) else cfg.providers
+    engine = OrtEngine(art, providers=providers, intra_op_threads=cfg.threads or None)
+    tok = Tokenizer(art.tokenizer_path, art.info.eos_token_ids, art.info.bos_token_id, add_bos=bool(art.manifest.get("add_bos")))
+    cache = RadixCache(cfg.cache_bytes) if cfg.cache_bytes > 0 else None
+    return Batcher(engine, tok, cache, max_batch_size=cfg.max_batch_size, max_prefill_tokens=cfg.max_prefill_tokens)
+
+
+class ModelWorkerImpl:
+    """The actor's body (plain class so it can also run in-process)."""
+
+    def __init__(self, cfg: WorkerConfig, worker_id: str = "worker"):
+        self.cfg = cfg
+        self.worker_id = worker_id
+        self.batcher = build_batcher(cfg)
+        self.name = cfg.name or self.batcher.engine.artifacts.name
+        self._inbox: queue.Queue = queue.Queue()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name=f"{worker_id}-loop", daemon=True)
+        self._thread.start()
+        self.started = time.time()
+
+    async def generate(self, requests: list[Request]) -> list[Result]:
+        """Serve a batch; returns results in request order (errors as error results)."""
+        if not requests:
+            return []
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        self._inbox.put((list(requests), loop, fut))
+        return await fut
+
+    def _loop(self) -> None:
+        # pending: request id -> (batch index, position); batches collect results until complete
+        batches: dict[int, tuple[list, object, object, int]] = {}
+        owner: dict[str, tuple[int, int]] = {}
+        next_batch = 0
+        b = self.batcher
+        while not self._stop.is_set():
+            block = not b.has_work
+            try:
+                while True:
+                    reqs, loop, fut = self._inbox.get(block=block, timeout=0.05 if block else None)
+                    block = False
+                    batches[next_batch] = ([None] * len(reqs), loop, fut, len(reqs))
+                    for i, r in enumerate(reqs):
+                        owner[r.id] = (next_batch, i)
+                        b.add(r)
+                    next_batch += 1
+            except queue.Empty:
+                pass
+            if not b.has_work:
+                continue
+            try:
+                finished = b.step()
+            except Exception as e:  # never leave callers hanging: fail their requests loudly
+                log.exception("batcher step failed")
+                finished = self._fail_all(e)
+            for res in finished:
+                bi, pos = owner.pop(res.id)
+                slots, loop, fut, left = batches[bi]
+                slots[pos] = res.model_copy(update={"worker": self.worker_id})
+                left -= 1
+                if left == 0:
+                    del batches[bi]
+                    loop.call_soon_threadsafe(_resolve, fut, slots)
+                else:
+                    batches[bi] = (slots, loop, fut, left)
+
+    def _fail_all(self, err: Exception) -> list[Result]:
+        from runtime.engine import BatchKV
+
+        b = self.batcher
+        seqs = b.running + b.waiting
+        b.running, b.waiting = [], []
+        b.kv = BatchKV.empty(b.engine.info, 0, b.engine.kv_dtype)
+        out = []
+        for s in seqs:
+            s.finish, s.error = "error", f"engine failure: {type(err).__name__}: {err}"
+            out.append(b._result(s))
+        if b.cache is not None:
+            b.cache.reset()
+        return out
+
+    def stats(self) -> dict:
+        s = self.batcher.stats
+        cache = self.batcher.cache
+        return {
+            "worker": self.worker_id,
+            "model": self.name,
+            "pid": os.getpid(),
+            **asdict(s),
+            "hit_ratio": s.hit_ratio,
+            "cache_bytes": cache.total_bytes if cache else 0,
+            "cache_tokens": cache.total_tokens if cache else 0,
+            "providers": self.batcher.engine.providers,
+        }
+
+    def ping(self) -> str:
+        return self.worker_id
+
+    def shutdown(self) -> None:
+        self._stop.set()
+
+
+def _resolve(fut, value) -> None:
+    if not fut.done():
+        fut.set_result(value)
+
+
+def remote_worker_class():
+    """The Ray actor class (created lazily so importing this module does not import Ray)."""
+    import ray
+
+    return ray.remote(ModelWorkerImpl)
