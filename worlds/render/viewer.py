@@ -62,6 +62,7 @@ class Viewer:
         fps: Most frames drawn per second; the loop sleeps instead of redrawing faster.
         speed: Initial speed level, 1..9 (see :data:`SPEEDS`).
         renderer: Renderer to draw with (a default one if ``None``).
+        clock: Seconds as a float, for pacing steps and frames; tests pass a simulated clock.
 
     Attributes:
         paused: Whether stepping is paused.
@@ -81,6 +82,7 @@ class Viewer:
         fps: float = 30.0,
         speed: int = 5,
         renderer: Renderer | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ):
         if not 1 <= speed <= len(SPEEDS):
             raise ValueError(f"speed must be 1..{len(SPEEDS)}, got {speed}")
@@ -92,6 +94,7 @@ class Viewer:
         pygame.key.set_repeat(300, 40)
         self.renderer = renderer or Renderer()
         self.fps = fps
+        self.clock = clock
         self.speed = speed
         self.paused = False
         self.running = True
@@ -131,7 +134,7 @@ class Viewer:
             step, self._step_once = self._step_once, False
             return step
         tps = self.ticks_per_second
-        now = time.monotonic()
+        now = self.clock()
         if tps == 0:
             self._last_step = now
             return True
@@ -158,7 +161,7 @@ class Viewer:
         if not self._fitted:
             self.renderer.fit(view, self.screen.get_size())
             self._fitted = True
-        now = time.monotonic()
+        now = self.clock()
         frame = 1.0 / self.fps
         drew = False
         if self._dirty or now - self._last_frame >= frame:
@@ -171,9 +174,9 @@ class Viewer:
             due = self._last_frame + frame
             if not self.paused:
                 due = min(due, self._last_step + 1.0 / tps)
-            delay = due - time.monotonic()
+            delay = due - self.clock()
             if delay > 0:
-                time.sleep(min(delay, frame))
+                time.sleep(min(delay, frame))  # capped: a simulated clock may jump
         return drew
 
     def select(self, name: str | None) -> None:
