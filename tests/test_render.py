@@ -376,12 +376,11 @@ def test_recording_writes_readable_video_with_all_frames(tmp_path, ext):
         rec.add_frame(make_view())
 
 
-def test_mp4_size_rounded_to_even():
-    with Recorder("/tmp/render_test_odd.mp4", size=(201, 151)) as rec:
+def test_mp4_size_rounded_to_even(tmp_path):
+    with Recorder(tmp_path / "odd.mp4", size=(201, 151)) as rec:
         rec.add_frame(make_view())
     assert rec.size == (200, 150)
-    assert iio.imread("/tmp/render_test_odd.mp4", index=None).shape[1:3] == (150, 200)
-    os.remove("/tmp/render_test_odd.mp4")
+    assert iio.imread(tmp_path / "odd.mp4", index=None).shape[1:3] == (150, 200)
 
 
 def test_snapshot_png_is_readable_and_shows_agents(tmp_path):

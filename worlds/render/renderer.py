@@ -125,9 +125,10 @@ class Renderer:
         for (x, y), group in crowd.items():
             cx, cy = self.camera.tile_center(x, y)
             if len(group) == 1:
-                placed.append(Placed(group[0], cx, cy, max(2, int(s * 0.45))))
+                # A marker as wide as its tile: at the usual 16 px zoom anything smaller makes the initial unreadable.
+                placed.append(Placed(group[0], cx, cy, max(2, round(s * 0.5))))
                 continue
-            ring, r = s * 0.24, max(2, int(s * 0.3))
+            ring, r = s * 0.26, max(2, round(s * 0.32))
             for k, a in enumerate(group):
                 ang = -math.pi / 2 + 2 * math.pi * k / len(group)
                 placed.append(
@@ -206,7 +207,7 @@ class Renderer:
             pygame.draw.circle(surf, _OUTLINE if not refused else REFUSED_COLOR, (c, c), r)
             pygame.draw.circle(surf, color, (c, c), max(1, r - (1 if r < 8 else 2)))
             if r >= 6:
-                glyph = font(max(10, int(r * 1.5)), bold=True).render(
+                glyph = font(max(11, int(r * 1.6)), bold=True).render(
                     initial, True, (20, 20, 24) if luminance(color) > 140 else (250, 250, 250)
                 )
                 surf.blit(glyph, glyph.get_rect(center=(c, c + 1)))
@@ -242,8 +243,10 @@ class Renderer:
             lines = wrap(utterance, f, max_w - 12, max_lines=3) or ["…"]
             lh = f.get_linesize()
             w = max(f.size(line)[0] for line in lines) + 12
-            surf = pygame.Surface((w, lh * len(lines) + 8), pygame.SRCALPHA)
-            rect = surf.get_rect()
+            rect = pygame.Rect(0, 0, w, lh * len(lines) + 8)
+            surf = pygame.Surface((rect.w + 2, rect.h + 2), pygame.SRCALPHA)
+            # A soft shadow lifts the bubble off a busy map.
+            pygame.draw.rect(surf, (0, 0, 0, 70), rect.move(2, 2), border_radius=7)
             pygame.draw.rect(surf, BUBBLE_COLOR, rect, border_radius=7)
             pygame.draw.rect(surf, (70, 70, 80), rect, width=1, border_radius=7)
             for i, line in enumerate(lines):
@@ -258,6 +261,7 @@ class Renderer:
         speakers = [p for p in placed if p.agent.utterance]
         speakers.sort(key=lambda p: p.agent.name != selected)  # the inspected agent speaks first
         taken: list[pygame.Rect] = []
+        markers = [pygame.Rect(p.cx - p.r, p.cy - p.r, 2 * p.r, 2 * p.r) for p in placed]
         max_w = max(80, min(220, vp.w // 3))
         for p in speakers:
             if not vp.collidepoint(p.cx, p.cy):
@@ -265,7 +269,7 @@ class Renderer:
             rect = None
             if len(self.bubbles) < self.max_bubbles:
                 bubble = self._bubble(p.agent.utterance or "", max_w)
-                rect = self._place_bubble(bubble.get_rect(), p, vp, taken)
+                rect = self._place_bubble(bubble.get_rect(), p, vp, taken, markers)
             if rect is None:
                 self._draw_speaking_badge(surface, p)
                 continue
@@ -283,7 +287,7 @@ class Renderer:
 
     @staticmethod
     def _place_bubble(
-        box: pygame.Rect, p: Placed, vp: pygame.Rect, taken: list[pygame.Rect]
+        box: pygame.Rect, p: Placed, vp: pygame.Rect, taken: list[pygame.Rect], markers: list[pygame.Rect]
     ) -> pygame.Rect | None:
         gap = 6
         candidates = [
@@ -292,14 +296,18 @@ class Renderer:
             box.copy().move(p.cx - 12, p.cy - p.r - gap - box.h),  # above, to the right
             box.copy().move(p.cx - box.w // 2, p.cy + p.r + gap),  # below
         ]
+        blocked = [t.inflate(4, 4) for t in taken]
+        fallback = None
         for rect in candidates:
             # Keep it inside the map viewport, hence never over the HUD.
             rect.clamp_ip(vp)
-            if rect.collidepoint(p.cx, p.cy):
-                continue  # clamping pushed it over its own speaker
-            if rect.collidelist([t.inflate(4, 4) for t in taken]) == -1:
+            if rect.collidepoint(p.cx, p.cy) or rect.collidelist(blocked) != -1:
+                continue  # over its own speaker (after clamping) or over another bubble
+            if rect.collidelist(markers) == -1:
                 return rect
-        return None
+            # Covering other agents is allowed, but only when no spot leaves them visible.
+            fallback = fallback or rect
+        return fallback
 
     @staticmethod
     def _draw_speaking_badge(surface: pygame.Surface, p: Placed) -> None:
