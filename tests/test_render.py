@@ -170,6 +170,12 @@ def test_speech_bubble_drawn_near_speaker_and_never_over_the_hud():
     assert near(pixel(surf, (box.x + 3, box.centery)), BUBBLE_COLOR, tol=4)
     assert set(r.bubbles) == {"Bram"}
 
+    # A map area cut short just right of the speaker (the viewer's inspector panel): the bubble
+    # moves left to stay inside it.
+    area = pygame.Rect(0, 0, bram.cx + 30, SIZE[1])
+    r.draw(surf, view, map_area=area)
+    assert r.bubbles["Bram"].right <= area.right and r.bubbles["Bram"].left <= bram.cx
+
     # A speaker right under the HUD: the bubble goes below rather than over the HUD.
     r.camera.offset_y = r.hud_height - 4 * r.camera.tile_size
     surf = r.render(view, SIZE)

@@ -115,8 +115,9 @@ def _agent_facts(surface: pygame.Surface, x: int, y: int, w: int, agent: AgentVi
         bar = pygame.Rect(x + 80, y + 3, w - 80 - 44, lh - 7)
         v = min(max(float(value), 0.0), 1.0)
         pygame.draw.rect(surface, (58, 62, 76), bar, border_radius=3)
-        # Green when high, amber in the middle, red when low: needs read at a glance.
-        fill = (96, 196, 110) if v >= 0.6 else (232, 176, 64) if v >= 0.3 else (224, 82, 70)
+        # One neutral colour: WorldView does not say whether a high need is good (energy) or bad
+        # (hunger), so the bar must not pretend to know.
+        fill = (110, 164, 230)
         pygame.draw.rect(surface, fill, (bar.x, bar.y, max(1, int(bar.w * v)), bar.h), border_radius=3)
         surface.blit(f.render(f"{v:.2f}", True, _DIM), (bar.right + 6, y))
         y += lh + 2

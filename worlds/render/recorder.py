@@ -3,7 +3,8 @@
 No window is needed (run with ``SDL_VIDEODRIVER=dummy`` on a server). MP4 frames stream to ffmpeg
 (imageio's ffmpeg plugin, with the binary from ``imageio-ffmpeg``) as they come, so long runs cost
 no memory; GIF frames are kept until :meth:`Recorder.close` because Pillow writes a GIF in one go,
-so GIF suits short clips::
+so GIF suits short clips (Pillow also merges identical consecutive GIF frames into one longer
+frame, so a paused stretch shows as fewer frames of the same total duration)::
 
     with Recorder("village.mp4", fps=10) as rec:
         for _ in range(ticks):

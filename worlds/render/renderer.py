@@ -150,6 +150,7 @@ class Renderer:
         view: WorldView,
         stats: Stats | None = None,
         selected: str | None = None,
+        map_area: pygame.Rect | None = None,
     ) -> None:
         """Draw one frame.
 
@@ -158,9 +159,11 @@ class Renderer:
             view: The world at this tick.
             stats: Extra numbers for the HUD, e.g. ``{"decisions/s": 312.5}``, shown in order.
             selected: Name of an agent to highlight (the one open in the inspector).
+            map_area: Where the map may draw (default: all below the HUD); the viewer passes the
+                area left of its inspector panel so bubbles and the legend are not hidden under it.
         """
         size = surface.get_size()
-        vp = self.viewport(size)
+        vp = self.viewport(size) if map_area is None else map_area.clip(self.viewport(size))
         surface.fill(BACKGROUND)
         surface.set_clip(vp)
         surface.blit(self._tile_layer(view), self.camera.tile_to_screen(0, 0))

@@ -290,26 +290,28 @@ class Viewer:
         tps = self.ticks_per_second
         hud = dict(stats or {})
         hud["speed"] = "paused" if self.paused else ("max" if tps == 0 else f"{tps:g}/s")
-        self.renderer.draw(self.screen, view, hud, selected=self.selected)
         size = self.screen.get_size()
+        area = None
+        if self.selected is not None:
+            rect = panel_rect(size, self.renderer.hud_height)
+            area = pygame.Rect(0, 0, rect.x, size[1])
+        self.renderer.draw(self.screen, view, hud, selected=self.selected, map_area=area)
         if self.selected is not None:
             self.inspector = self._call_inspect(self.selected)
             agent = next((a for a in view.agents if a.name == self.selected), None)
-            rect = panel_rect(size, self.renderer.hud_height)
             self._panel = draw_inspector(
                 self.screen, rect, self.selected, agent, self.inspector, self._scroll
             )
         if self.paused:
-            self._badge("PAUSED  (space)", (255, 214, 110))
+            self._badge("PAUSED  (space)", (255, 214, 110), area or self.renderer.viewport(size))
         if self.show_help:
             self._help_line(size)
         pygame.display.flip()
 
-    def _badge(self, text: str, color: tuple[int, int, int]) -> None:
+    def _badge(self, text: str, color: tuple[int, int, int], area: pygame.Rect) -> None:
         f = font(20, bold=True)
         img = f.render(text, True, (20, 20, 24))
-        vp = self.renderer.viewport(self.screen.get_size())
-        box = img.get_rect(midtop=(vp.centerx, vp.y + 10)).inflate(16, 8)
+        box = img.get_rect(midtop=(area.centerx, self.renderer.hud_height + 10)).inflate(16, 8)
         pygame.draw.rect(self.screen, color, box, border_radius=6)
         self.screen.blit(img, img.get_rect(center=box.center))
 
