@@ -1,0 +1,339 @@
+"""Minds and brains: from (persona, memory, observation) to a request, and from a result to an action.
+
+A :class:`Mind` serves one agent: it builds the prompt segments and the :class:`~runtime.types.Request`
+(the persona's ``act`` model, a JSON-schema constraint for the world's action union, greedy
+decoding, a seed derived from the simulation seed, the agent and the tick), and turns the
+:class:`~runtime.types.Result` back into an action. A result that carries an error or does not
+parse becomes the world's fallback action (idle) with the reason recorded and logged, never an
+exception.
+
+A *brain* decides for every agent of a world each tick, with the same two calls whatever drives it::
+
+    requests = brain.requests(observations)    # [] for the expert brain
+    results = scheduler.run(requests)          # the serving core, not this package
+    actions = brain.actions(results)           # agent -> action, for world.step
+
+:class:`ModelBrain` asks models; :class:`ExpertBrain` asks the world's scripted expert, which sees
+only what the prompt contains (persona and the observation text), so models can learn to imitate it.
+Both keep the last prompt and decision per agent for the inspector.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+from pydantic import BaseModel
+
+from agents.actions import ActionParseError, action_json, action_schema, parse_action
+from agents.memory import Memory
+from agents.persona import Persona
+from agents.prompt import build_prompt
+from runtime.types import Constraint, Request, Result, SamplingParams
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MAX_TOKENS = 128
+
+
+class MindContext(Protocol):
+    """What a brain needs from a world (``worlds.base.World`` provides all of it)."""
+
+    agents: list[str]
+    tick: int
+    seed: int
+    action_type: Any
+
+    def persona(self, agent: str) -> Persona: ...
+    def memory(self, agent: str) -> Memory: ...
+    def rules_text(self) -> str: ...
+    def role_text(self, role: str) -> str: ...
+    def fallback_action(self) -> BaseModel: ...
+    def expert(self, persona: Persona, observation: str) -> BaseModel: ...
+
+
+def derive_seed(sim_seed: int, agent: str, tick: int) -> int:
+    """A 31-bit request seed from the simulation seed, the agent and the tick.
+
+    sha256 rather than ``hash()`` so that it is the same in every process and every run.
+    """
+    digest = hashlib.sha256(f"{sim_seed}/{agent}/{tick}".encode()).digest()
+    return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What an agent decided on one tick and where it came from.
+
+    Attributes:
+        agent: the agent's name.
+        tick: the tick it decided on.
+        action: the action handed to the world.
+        source: ``"model"``, ``"expert"`` or ``"fallback"`` (the fallback action after a failure).
+        text: the raw model output (or the expert action as JSON).
+        reason: why the fallback was used, when it was.
+    """
+
+    agent: str
+    tick: int
+    action: BaseModel
+    source: Literal["model", "expert", "fallback"]
+    text: str = ""
+    reason: str | None = None
+
+
+class Mind:
+    """One agent's link to its model: prompt, request, and parsing the result.
+
+    Args:
+        persona: the agent's persona; ``persona.models["act"]`` names the model unless ``model``
+            overrides it.
+        rules: the world rules segment.
+        role: the role segment.
+        action_type: the world's action union.
+        constraint: the JSON-schema constraint for ``action_type`` (shared by all minds).
+        model: serve with this model instead of the persona's ``act`` model.
+        max_tokens: generation limit for one action.
+    """
+
+    def __init__(
+        self,
+        persona: Persona,
+        *,
+        rules: str,
+        role: str,
+        action_type: Any,
+        constraint: Constraint | None = None,
+        model: str | None = None,
+        max_tokens: int = DEFAULT_MAX_TOKENS,
+    ) -> None:
+        self.persona = persona
+        self.rules = rules
+        self.role = role
+        self.action_type = action_type
+        self.constraint = constraint or Constraint.json_schema(action_schema(action_type))
+        self.model = model or persona.models["act"]
+        self.max_tokens = max_tokens
+
+    def prompt(self, memory: Memory | None, observation: str, now: int) -> tuple[str, ...]:
+        """The prompt segments, most shared first."""
+        return build_prompt(
+            rules=self.rules,
+            role=self.role,
+            persona=self.persona,
+            memory=memory,
+            observation=observation,
+            now=now,
+        )
+
+    def request(
+        self,
+        prompt: tuple[str, ...],
+        *,
+        now: int,
+        sim_seed: int,
+    ) -> Request:
+        """A greedy, constrained, seeded request for ``prompt``; ``tag`` is the agent's name."""
+        sampling = SamplingParams(
+            max_tokens=self.max_tokens,
+            temperature=0.0,
+            seed=derive_seed(sim_seed, self.persona.name, now),
+        )
+        return Request(
+            model=self.model,
+            prompt=prompt,
+            sampling=sampling,
+            constraint=self.constraint,
+            tag=self.persona.name,
+        )
+
+    def decide(self, result: Result | None, *, now: int, fallback: BaseModel) -> Decision:
+        """Turn a result into a decision; failures give ``fallback`` with the reason."""
+        agent = self.persona.name
+        if result is None:
+            reason = "no result came back for this agent"
+        elif result.error is not None:
+            reason = f"serving error: {result.error}"
+        else:
+            try:
+                action = parse_action(self.action_type, result.text)
+            except ActionParseError as exc:
+                reason = f"unparsable output ({result.finish_reason}): {exc}"
+            else:
+                return Decision(agent, now, action, "model", result.text)
+        logger.warning("agent %s tick %d: fallback to %s: %s", agent, now, action_json(fallback), reason)
+        text = result.text if result is not None else ""
+        return Decision(agent, now, fallback, "fallback", text, reason)
+
+
+class Brain(ABC):
+    """Decides for every live agent of a world, tick after tick.
+
+    Attributes:
+        world: the world it decides for.
+        last_prompt: agent -> prompt segments of its latest decision.
+        last_decision: agent -> its latest :class:`Decision`.
+        stats: running counts (``decisions``, ``fallbacks``).
+    """
+
+    def __init__(self, world: MindContext) -> None:
+        self.world = world
+        self.last_prompt: dict[str, tuple[str, ...]] = {}
+        self.last_decision: dict[str, Decision] = {}
+        self.stats: dict[str, int] = {"decisions": 0, "fallbacks": 0}
+        self._observations: dict[str, str] = {}
+        self._tick = 0
+
+    @abstractmethod
+    def requests(self, observations: Mapping[str, str]) -> list[Request]:
+        """Record this tick's observations and return the requests to serve (maybe none)."""
+
+    @abstractmethod
+    def actions(self, results: Iterable[Result] = ()) -> dict[str, BaseModel]:
+        """Turn the served results into one action per observed agent."""
+
+    def decide(
+        self,
+        observations: Mapping[str, str],
+        serve: Callable[[list[Request]], list[Result]] | None = None,
+    ) -> dict[str, BaseModel]:
+        """``requests`` -> ``serve`` -> ``actions`` in one call (``serve`` may be omitted if no
+        requests are made, as with the expert brain)."""
+        requests = self.requests(observations)
+        if requests and serve is None:
+            raise ValueError(f"{type(self).__name__} made requests; pass serve= to run them")
+        return self.actions(serve(requests) if requests else [])
+
+    def _start(self, observations: Mapping[str, str]) -> list[str]:
+        self._tick = self.world.tick
+        live = [a for a in self.world.agents if a in observations]
+        self._observations = {a: observations[a] for a in live}
+        return live
+
+    def _prompt(self, agent: str) -> tuple[str, ...]:
+        world = self.world
+        persona = world.persona(agent)
+        prompt = build_prompt(
+            rules=world.rules_text(),
+            role=world.role_text(persona.role),
+            persona=persona,
+            memory=world.memory(agent),
+            observation=self._observations[agent],
+            now=self._tick,
+        )
+        self.last_prompt[agent] = prompt
+        return prompt
+
+    def _record(self, decision: Decision) -> BaseModel:
+        self.last_decision[decision.agent] = decision
+        self.stats["decisions"] += 1
+        if decision.source == "fallback":
+            self.stats["fallbacks"] += 1
+        return decision.action
+
+
+class ModelBrain(Brain):
+    """Every decision comes from a model through the scheduler.
+
+    Args:
+        world: the world to decide for.
+        model: serve every agent with this model instead of each persona's ``act`` model.
+        max_tokens: generation limit per action.
+    """
+
+    def __init__(self, world: MindContext, *, model: str | None = None, max_tokens: int = DEFAULT_MAX_TOKENS):
+        super().__init__(world)
+        self.model = model
+        self.max_tokens = max_tokens
+        self.constraint = Constraint.json_schema(action_schema(world.action_type))
+        self._minds: dict[str, Mind] = {}
+
+    def mind(self, agent: str) -> Mind:
+        """The agent's :class:`Mind` (built on first use)."""
+        mind = self._minds.get(agent)
+        if mind is None:
+            persona = self.world.persona(agent)
+            mind = Mind(
+                persona,
+                rules=self.world.rules_text(),
+                role=self.world.role_text(persona.role),
+                action_type=self.world.action_type,
+                constraint=self.constraint,
+                model=self.model,
+                max_tokens=self.max_tokens,
+            )
+            self._minds[agent] = mind
+        return mind
+
+    def requests(self, observations: Mapping[str, str]) -> list[Request]:
+        """One request per observed live agent, in ``world.agents`` order."""
+        out = []
+        for agent in self._start(observations):
+            prompt = self._prompt(agent)
+            out.append(self.mind(agent).request(prompt, now=self._tick, sim_seed=self.world.seed))
+        return out
+
+    def actions(self, results: Iterable[Result] = ()) -> dict[str, BaseModel]:
+        """Parse each agent's result (matched by ``tag``); missing or bad ones fall back."""
+        by_agent: dict[str, Result] = {}
+        for result in results:
+            if result.tag in self._observations:
+                by_agent[result.tag] = result
+            else:
+                logger.warning(
+                    "result %s has tag %r, which is no agent waiting for one", result.id, result.tag
+                )
+        fallback = self.world.fallback_action()
+        return {
+            agent: self._record(
+                self.mind(agent).decide(by_agent.get(agent), now=self._tick, fallback=fallback)
+            )
+            for agent in self._observations
+        }
+
+
+class ExpertBrain(Brain):
+    """Decisions from a scripted expert that reads only the persona and the observation text.
+
+    Args:
+        world: the world to decide for.
+        policy: ``policy(persona, observation_text) -> action``; defaults to ``world.expert``.
+        record_prompts: also build each agent's prompt (for the inspector and for datasets);
+            turn off for the fastest large runs.
+    """
+
+    def __init__(
+        self,
+        world: MindContext,
+        policy: Callable[[Persona, str], BaseModel] | None = None,
+        *,
+        record_prompts: bool = True,
+    ) -> None:
+        super().__init__(world)
+        self.policy = policy or world.expert
+        self.record_prompts = record_prompts
+
+    def requests(self, observations: Mapping[str, str]) -> list[Request]:
+        """Record the observations (and prompts); the expert needs no model, so no requests."""
+        for agent in self._start(observations):
+            if self.record_prompts:
+                self._prompt(agent)
+        return []
+
+    def actions(self, results: Iterable[Result] = ()) -> dict[str, BaseModel]:
+        """The expert's action for each observed agent; an expert failure falls back, logged."""
+        out: dict[str, BaseModel] = {}
+        fallback = self.world.fallback_action()
+        for agent, observation in self._observations.items():
+            try:
+                action = self.policy(self.world.persona(agent), observation)
+                decision = Decision(agent, self._tick, action, "expert", action_json(action))
+            except Exception as exc:  # an expert bug must not stop a long run; it is logged
+                logger.warning("agent %s tick %d: expert failed: %r", agent, self._tick, exc)
+                decision = Decision(agent, self._tick, fallback, "fallback", "", f"expert failed: {exc!r}")
+            out[agent] = self._record(decision)
+        return out

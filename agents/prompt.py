@@ -1,0 +1,63 @@
+"""Prompt building in segments, from the most shared to the least shared.
+
+``world rules -> role -> persona -> memory -> observation``. A request's segments are tokenized
+separately, so a segment that is byte-identical across agents (rules, role) or across ticks
+(persona) maps to the same tokens and the radix prefix cache serves it from KV computed once.
+That only works if the shared segments carry no tick, position or other changing data: keep all
+of that in the memory and observation segments.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from agents.memory import Memory, MemoryEvent
+from agents.persona import Persona
+
+SEGMENTS: tuple[str, ...] = ("rules", "role", "persona", "memory", "observation")
+"""Segment names, in prompt order."""
+
+MEMORY_K = 5
+ACTION_CUE = "Your next action as one JSON object:"
+
+
+def render_memory(events: Sequence[MemoryEvent]) -> str:
+    """Memories as prompt text, oldest first; absolute ticks keep the text stable across ticks."""
+    if not events:
+        return "Memories: none."
+    return "Memories:\n" + "\n".join(f"- t{e.tick}: {e.text}" for e in events)
+
+
+def build_prompt(
+    *,
+    rules: str,
+    role: str,
+    persona: Persona,
+    memory: Memory | None,
+    observation: str,
+    now: int,
+    k: int = MEMORY_K,
+) -> tuple[str, ...]:
+    """Build the prompt segments for one agent.
+
+    Args:
+        rules: the world's rules (identical for every agent of the world).
+        role: the role's description (identical for every agent with that role).
+        persona: the agent's persona (identical for that agent on every tick).
+        memory: the agent's memory; the ``k`` events most relevant to ``observation`` are shown.
+        observation: the compact current observation.
+        now: the current tick (for recency; it does not appear in the shared segments).
+        k: how many memories to show.
+
+    Returns:
+        Five segments in :data:`SEGMENTS` order, each ending with a blank line except the last,
+        which ends with the action cue.
+    """
+    events = memory.retrieve(observation, now, k) if memory is not None else []
+    return (
+        rules.strip() + "\n\n",
+        role.strip() + "\n\n",
+        persona.describe() + "\n\n",
+        render_memory(events) + "\n\n",
+        "Now:\n" + observation.strip() + "\n" + ACTION_CUE,
+    )

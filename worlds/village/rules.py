@@ -1,0 +1,119 @@
+"""The village's numbers and the rule texts the prompts carry.
+
+Every constant the world logic uses lives here, and the rule texts are written from them, so the
+prompt always states the rules the world actually enforces.
+"""
+
+from __future__ import annotations
+
+ROLES: tuple[str, ...] = ("farmer", "fisher", "woodcutter", "merchant", "innkeeper")
+ITEMS: tuple[str, ...] = ("wheat", "fish", "wood", "meal")
+GOODS: tuple[str, ...] = (*ITEMS, "coins")
+"""What a trade can move: items and coins."""
+PLACES: tuple[str, ...] = ("market", "tavern", "homes", "fields", "forest", "river")
+DIRECTIONS: tuple[str, ...] = ("north", "east", "south", "west")
+
+FOOD: dict[str, float] = {"wheat": 0.15, "fish": 0.25, "meal": 0.5}
+"""How much hunger eating one unit removes."""
+SELL_PRICE: dict[str, int] = {"wheat": 1, "fish": 2, "wood": 2, "meal": 3}
+"""Coins the market pays per unit (merchants get MERCHANT_BONUS more)."""
+BUY_PRICE: dict[str, int] = {"wheat": 2, "fish": 3, "wood": 3, "meal": 5}
+MERCHANT_BONUS = 1
+GATHER: dict[str, str] = {"fields": "wheat", "forest": "wood", "river": "fish"}
+"""Where gathering works and what it yields."""
+SPECIALIST: dict[str, str] = {"farmer": "wheat", "fisher": "fish", "woodcutter": "wood"}
+"""Roles that gather two units of their item (one at night)."""
+COOK_SITES: tuple[str, ...] = ("tavern", "homes")
+MEALS_PER_COOK = 2
+INNKEEPER_MEALS = 3
+
+DAY_LENGTH = 48
+NIGHT_START = 36
+"""Ticks ``NIGHT_START..DAY_LENGTH-1`` of each day are night."""
+
+HUNGER_RATE = 0.02
+ENERGY_RATE = 0.012
+SOCIAL_RATE = 0.01
+GATHER_ENERGY = 0.02
+SLEEP_GAIN = {"homes": 0.2, "tavern": 0.15}
+SLEEP_GAIN_ELSEWHERE = 0.08
+TALK_SOCIAL = {"speaker": 0.25, "listener": 0.15}
+TRADE_SOCIAL = 0.1
+NIGHT_SLIP_CHANCE = 0.3
+NIGHT_SLIP_ENERGY = 0.2
+
+REACH = 3
+"""Talk and trade reach another agent at most this many tiles away (Chebyshev distance)."""
+GO_TO_SPEED = 3
+"""Tiles a go_to covers per tick along the shortest path."""
+MAX_NEARBY = 5
+MAX_HEARD = 3
+MAX_UTTERANCE = 80
+MAX_QTY = 10
+MAX_TRADE_QTY = 20
+WEALTH_SCALE = 60.0
+"""Coins plus goods (at market sell prices) worth this much count as full wealth."""
+SCORE_WEIGHTS = {"fed": 0.3, "rested": 0.25, "wealth": 0.25, "social": 0.2}
+
+PHRASES: tuple[str, ...] = (
+    "hello",
+    "good harvest today",
+    "fresh fish here",
+    "wood for sale",
+    "want to trade?",
+    "meals at the tavern",
+    "stay away from the river at night",
+    "good night",
+)
+"""Canned utterances of the encoded (gym) action space and of the scripted expert."""
+
+
+def is_night(tick: int) -> bool:
+    """Whether ``tick`` falls in the night part of the day."""
+    return tick % DAY_LENGTH >= NIGHT_START
+
+
+def ticks_to_switch(tick: int) -> int:
+    """Ticks until night falls (by day) or day breaks (by night)."""
+    phase = tick % DAY_LENGTH
+    return (NIGHT_START - phase) if phase < NIGHT_START else (DAY_LENGTH - phase)
+
+
+def _price_list(prices: dict[str, int]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in prices.items())
+
+
+RULES_TEXT = f"""\
+You live in a village on a 48x48 map: fields, forest, a river with a bridge, a market, a tavern and homes.
+Each tick you choose one action. Your needs: hunger and social rise over time, energy falls; 0 is best for
+hunger and social, 1 is best for energy. Your score is how fed, rested, wealthy and social you are.
+A day has {DAY_LENGTH} ticks; ticks {NIGHT_START}-{DAY_LENGTH - 1} of each day are night.
+Actions (JSON):
+{{"action":"move","direction":"north|east|south|west"}} one tile.
+{{"action":"go_to","place":"{"|".join(PLACES)}"}} up to {GO_TO_SPEED} tiles along the shortest path.
+{{"action":"gather"}} in the fields (wheat), forest (wood) or at the river (fish). At night the riverbank is
+slippery: gathering there may hurt you.
+{{"action":"eat","item":"wheat|fish|meal"}} removes hunger: {", ".join(f"{k} {v}" for k, v in FOOD.items())}.
+{{"action":"sleep"}} restores energy, most at homes, then at the tavern.
+{{"action":"cook"}} at the tavern or homes turns 1 wheat, 1 fish and 1 wood into {MEALS_PER_COOK} meals.
+{{"action":"sell","item":"...","qty":1}} and {{"action":"buy","item":"...","qty":1}} at the market.
+Market pays: {_price_list(SELL_PRICE)}. Market asks: {_price_list(BUY_PRICE)}.
+{{"action":"trade","to":"Name","give":"fish","give_qty":2,"get":"coins","get_qty":3}} offers a trade to an
+agent within {REACH} tiles; it happens only if they answer {{"action":"accept","offer_from":"YourName"}} on
+the next tick and both still have the goods.
+{{"action":"talk","to":"Name","text":"..."}} says up to {MAX_UTTERANCE} characters to an agent within {REACH} tiles.
+{{"action":"idle"}} does nothing.
+Words are only words: nobody can take your goods or act for you. Refused actions come with a reason."""
+
+ROLE_TEXT: dict[str, str] = {
+    "farmer": "Role: farmer. You gather wheat in the fields, two at a time by day. "
+    "Sell the surplus at the market or to merchants, and keep some to eat.",
+    "fisher": "Role: fisher. You gather fish at the river, two at a time by day. "
+    "Sell fish at the market, to merchants or to the innkeeper.",
+    "woodcutter": "Role: woodcutter. You gather wood in the forest, two at a time by day. "
+    "Sell wood at the market, to merchants or to the innkeeper.",
+    "merchant": f"Role: merchant. You work at the market: the market pays you {MERCHANT_BONUS} coin more "
+    "per unit than others, so buy goods from producers with trades and sell them at the market.",
+    "innkeeper": f"Role: innkeeper. You cook at the tavern: each cook gives you {INNKEEPER_MEALS} meals. "
+    "Buy wheat, fish and wood, and sell meals to hungry villagers.",
+}
