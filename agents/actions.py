@@ -8,6 +8,7 @@ parses with :func:`parse_action`; anything else raises :class:`ActionParseError`
 
 from __future__ import annotations
 
+import copy
 import json
 from typing import Annotated, Any, Union
 
@@ -53,9 +54,26 @@ def action_adapter(union: Any) -> TypeAdapter:
     return hit[1]
 
 
-def action_schema(union: Any) -> dict[str, Any]:
-    """The JSON schema of an action union: what the constrained decoder enforces."""
-    return action_adapter(union).json_schema()
+def action_schema(union: Any, discriminator: str = "action") -> dict[str, Any]:
+    """The JSON schema of an action union: what the constrained decoder enforces.
+
+    Pydantic's schema is adjusted for decoders: the discriminator is made required in every
+    action (pydantic leaves out fields with defaults, yet validation needs it), and ``oneOf``
+    becomes ``anyOf`` (the same language here, since the discriminator tells actions apart,
+    and llguidance compiles ``anyOf`` exactly but not ``oneOf``).
+    """
+    schema = copy.deepcopy(action_adapter(union).json_schema())
+    if "oneOf" in schema:
+        schema["anyOf"] = schema.pop("oneOf")
+        schema.pop("discriminator", None)
+    objects = list(schema.get("$defs", {}).values()) or [schema]
+    for obj in objects:
+        props = obj.get("properties", {})
+        if discriminator in props:
+            props[discriminator].pop("default", None)
+            required = [r for r in obj.get("required", []) if r != discriminator]
+            obj["required"] = [discriminator, *required]
+    return schema
 
 
 def action_json(action: BaseModel) -> str:

@@ -74,10 +74,10 @@ class Persona(BaseModel):
 
     name: str = Field(pattern=NAME_PATTERN)
     role: str = Field(min_length=1, max_length=24)
-    traits: dict[str, float] = Field(default_factory=dict)
+    traits: dict[str, float] = Field(default_factory=dict, validate_default=True)
     goals: list[str] = Field(default_factory=list)
     backstory: str = ""
-    models: dict[str, str] = Field(default_factory=dict)
+    models: dict[str, str] = Field(default_factory=dict, validate_default=True)
 
     @field_validator("name", mode="before")
     @classmethod

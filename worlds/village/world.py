@@ -397,7 +397,12 @@ class Village(World):
         return {"villagers": {a: asdict(v) for a, v in self._v.items()}}
 
     def _set_state(self, state: dict[str, Any]) -> None:
-        self._v = {a: Villager(**d) for a, d in state["villagers"].items()}
+        self._v = {}
+        for agent in self.possible_agents:
+            data = state["villagers"][agent]
+            # JSON sorted the keys; observations list items in ITEMS order
+            inventory = {item: int(data["inventory"][item]) for item in R.ITEMS}
+            self._v[agent] = Villager(**{**data, "inventory": inventory})
         self._refresh_near()
 
     def view(self) -> WorldView:
