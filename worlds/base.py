@@ -173,6 +173,11 @@ class World(ParallelEnv, ABC):
     def view(self) -> WorldView:
         """A plain snapshot for renderers."""
 
+    @classmethod
+    def default_cast(cls, n: int | None = None, seed: int = 0) -> list[Persona]:
+        """The world's own cast: its default personas, or ``n`` of them (seeded) (override)."""
+        raise NotImplementedError(f"{cls.__name__} has no default cast; pass personas=[...] explicitly")
+
     def expert(self, persona: Persona, observation: Any) -> BaseModel:
         """The scripted expert's action for ``persona`` given its observation (override)."""
         raise NotImplementedError(f"{type(self).__name__} has no scripted expert; override World.expert")

@@ -95,9 +95,7 @@ class Village(World):
         memory_capacity: int = 32,
     ) -> None:
         if personas is None:
-            from worlds.village.cast import default_cast
-
-            personas = default_cast()
+            personas = self.default_cast()
         super().__init__(
             personas, max_ticks=max_ticks, render_mode=render_mode, memory_capacity=memory_capacity
         )
@@ -117,6 +115,13 @@ class Village(World):
             "talk": self._talk,
             "idle": lambda agent, v, act: "idled",
         }
+
+    @classmethod
+    def default_cast(cls, n: int | None = None, seed: int = 0) -> list[Persona]:
+        """The 12 default villagers, cut to or topped up (seeded) to ``n``."""
+        from worlds.village.cast import village_cast
+
+        return list(village_cast(n, seed))
 
     # ----------------------------------------------------------------- setup and spaces
 
