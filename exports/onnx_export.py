@@ -38,7 +38,9 @@ def count_parameters(config: dict[str, Any], total: int) -> int:
     return total - moe_layers * (n_exp - k) * per_expert
 
 
-def export_model(hf_dir: str | Path, out_dir: str | Path, name: str, extra: dict[str, Any] | None = None) -> Path:
+def export_model(
+    hf_dir: str | Path, out_dir: str | Path, name: str, extra: dict[str, Any] | None = None
+) -> Path:
     """Export the transformers model saved in ``hf_dir`` to ``out_dir`` and write its manifest.
 
     Args:
@@ -55,7 +57,9 @@ def export_model(hf_dir: str | Path, out_dir: str | Path, name: str, extra: dict
     hf_dir, out_dir = Path(hf_dir), Path(out_dir)
     config = json.loads((hf_dir / "config.json").read_text())
     if config.get("model_type") not in SUPPORTED:
-        raise ValueError(f"cannot export model_type {config.get('model_type')!r}; supported: {', '.join(SUPPORTED)}")
+        raise ValueError(
+            f"cannot export model_type {config.get('model_type')!r}; supported: {', '.join(SUPPORTED)}"
+        )
     if out_dir.exists():
         shutil.rmtree(out_dir)
     with warnings.catch_warnings():
@@ -77,6 +81,6 @@ def _total_parameters(hf_dir: Path) -> int:
     total = 0
     for f in hf_dir.glob("*.safetensors"):
         with safe_open(str(f), framework="np") as st:
-            for key in st.keys():
+            for key in st.keys():  # noqa: SIM118 - safe_open is not a dict
                 total += math.prod(st.get_slice(key).get_shape())
     return total

@@ -40,8 +40,14 @@ TINY_PRESETS: dict[str, TinyArgs] = {
     "test-moe": TinyArgs(num_experts=8, num_experts_per_tok=2),
     # A small model whose compute is not all Python overhead: used by `murmurate bench serve`.
     "bench": TinyArgs(
-        vocab_size=2048, hidden_size=256, intermediate_size=768, num_hidden_layers=4,
-        num_attention_heads=8, num_key_value_heads=4, head_dim=32, max_position_embeddings=2048,
+        vocab_size=2048,
+        hidden_size=256,
+        intermediate_size=768,
+        num_hidden_layers=4,
+        num_attention_heads=8,
+        num_key_value_heads=4,
+        head_dim=32,
+        max_position_embeddings=2048,
     ),
 }
 
@@ -84,7 +90,9 @@ def _hf_config(arch: str, args: TinyArgs, eos: int, pad: int):
     raise ValueError(f"unknown architecture {arch!r}")
 
 
-def build_tiny_model(arch: str, out_dir: str | Path, preset: str = "test", seed: int = 0, name: str | None = None) -> Path:
+def build_tiny_model(
+    arch: str, out_dir: str | Path, preset: str = "test", seed: int = 0, name: str | None = None
+) -> Path:
     """Build, save and export a random tiny model; returns the ONNX model directory.
 
     Args:
@@ -113,7 +121,14 @@ def build_tiny_model(arch: str, out_dir: str | Path, preset: str = "test", seed:
     # token-for-token parity tests are not decided by float noise between near-equal logits.
     with torch.no_grad():
         model.get_output_embeddings().weight.mul_(8.0)
-    model.generation_config = GenerationConfig(eos_token_id=ids["eos"], pad_token_id=ids["pad"], bos_token_id=ids["eos"])
+    model.generation_config = GenerationConfig(
+        eos_token_id=ids["eos"], pad_token_id=ids["pad"], bos_token_id=ids["eos"]
+    )
     model.save_pretrained(hf_dir)
     save_tokenizer(tok, hf_dir, model_max_length=args.max_position_embeddings)
-    return export_model(hf_dir, out / "onnx", name or f"tiny-{arch}", extra={"built_by": f"exports.tiny preset={preset} seed={seed}"})
+    return export_model(
+        hf_dir,
+        out / "onnx",
+        name or f"tiny-{arch}",
+        extra={"built_by": f"exports.tiny preset={preset} seed={seed}"},
+    )

@@ -145,10 +145,14 @@ def load_model_dir(path: str | Path, verify: bool = True) -> ModelArtifacts:
         raise ModelError(f"model directory not found: {path}")
     for fname in REQUIRED_FILES:
         if not (path / fname).is_file():
-            raise ModelError(f"{path}: missing file {fname} (a model directory needs {', '.join(REQUIRED_FILES)})")
+            raise ModelError(
+                f"{path}: missing file {fname} (a model directory needs {', '.join(REQUIRED_FILES)})"
+            )
     manifest = _read_json(path / MANIFEST) if (path / MANIFEST).exists() else None
     if manifest is None:
-        raise ModelError(f"{path}: missing {MANIFEST}; create it with runtime.artifacts.write_manifest or `murmurate models import`")
+        raise ModelError(
+            f"{path}: missing {MANIFEST}; create it with runtime.artifacts.write_manifest or `murmurate models import`"
+        )
     if manifest.get("format_version") != FORMAT_VERSION:
         raise ModelError(f"{path}/{MANIFEST}: unsupported format_version {manifest.get('format_version')!r}")
     files = manifest.get("files")
@@ -166,13 +170,19 @@ def load_model_dir(path: str | Path, verify: bool = True) -> ModelArtifacts:
                     "the file is corrupt or was changed after export"
                 )
     config = _read_json(path / "config.json")
-    generation = _read_json(path / "generation_config.json") if (path / "generation_config.json").exists() else None
+    generation = (
+        _read_json(path / "generation_config.json") if (path / "generation_config.json").exists() else None
+    )
     info = model_info_from_config(config, generation)
     if manifest.get("vocab_size") not in (None, info.vocab_size):
-        raise ModelError(f"{path}: manifest vocab_size {manifest['vocab_size']} != config.json vocab_size {info.vocab_size}")
+        raise ModelError(
+            f"{path}: manifest vocab_size {manifest['vocab_size']} != config.json vocab_size {info.vocab_size}"
+        )
     _check_graph(path / "model.onnx", info)
     _check_tokenizer(path / "tokenizer.json", info)
-    return ModelArtifacts(path=path, name=str(manifest.get("name", path.name)), info=info, manifest=manifest, config=config)
+    return ModelArtifacts(
+        path=path, name=str(manifest.get("name", path.name)), info=info, manifest=manifest, config=config
+    )
 
 
 def _check_graph(onnx_path: Path, info: ModelInfo) -> None:
@@ -197,14 +207,20 @@ def _check_graph(onnx_path: Path, info: ModelInfo) -> None:
             "task 'text-generation-with-past' so the KV cache can be reused"
         )
     if len(kv_inputs) != 2 * info.num_layers:
-        raise ModelError(f"{onnx_path}: {len(kv_inputs)} KV inputs but config.json says {info.num_layers} layers")
+        raise ModelError(
+            f"{onnx_path}: {len(kv_inputs)} KV inputs but config.json says {info.num_layers} layers"
+        )
     for i in range(info.num_layers):
         for kind in ("key", "value"):
             if f"past_key_values.{i}.{kind}" not in inputs or f"present.{i}.{kind}" not in outputs:
-                raise ModelError(f"{onnx_path}: missing past_key_values.{i}.{kind} input or present.{i}.{kind} output")
+                raise ModelError(
+                    f"{onnx_path}: missing past_key_values.{i}.{kind} input or present.{i}.{kind} output"
+                )
     dims = outputs["logits"].type.tensor_type.shape.dim
     if dims and dims[-1].HasField("dim_value") and dims[-1].dim_value != info.vocab_size:
-        raise ModelError(f"{onnx_path}: logits have {dims[-1].dim_value} entries but config.json vocab_size is {info.vocab_size}")
+        raise ModelError(
+            f"{onnx_path}: logits have {dims[-1].dim_value} entries but config.json vocab_size is {info.vocab_size}"
+        )
 
 
 def _check_tokenizer(tok_path: Path, info: ModelInfo) -> None:
@@ -216,4 +232,6 @@ def _check_tokenizer(tok_path: Path, info: ModelInfo) -> None:
         raise ModelError(f"{tok_path}: not a readable tokenizers file ({e})") from None
     size = tok.get_vocab_size(with_added_tokens=True)
     if size > info.vocab_size:
-        raise ModelError(f"{tok_path}: tokenizer has {size} tokens but the model's vocab_size is {info.vocab_size}")
+        raise ModelError(
+            f"{tok_path}: tokenizer has {size} tokens but the model's vocab_size is {info.vocab_size}"
+        )

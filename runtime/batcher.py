@@ -103,7 +103,9 @@ class Batcher:
         self.share_prefixes = share_prefixes and cache is not None
         self.min_shared_tokens = min_shared_tokens
         self.context = engine.info.max_position_embeddings
-        self.compiler = ConstraintCompiler(tokenizer.to_json(), engine.info.vocab_size, tokenizer.eos_token_ids)
+        self.compiler = ConstraintCompiler(
+            tokenizer.to_json(), engine.info.vocab_size, tokenizer.eos_token_ids
+        )
         self.eos = set(tokenizer.eos_token_ids)
         self.waiting: list[Sequence] = []
         self.running: list[Sequence] = []
@@ -118,7 +120,9 @@ class Batcher:
         try:
             seq.prompt = self.tok.encode_prompt(req.segments)
             if len(seq.prompt) >= self.context:
-                raise ValueError(f"prompt of {len(seq.prompt)} tokens does not fit the model's context of {self.context}")
+                raise ValueError(
+                    f"prompt of {len(seq.prompt)} tokens does not fit the model's context of {self.context}"
+                )
             if req.constraint is not None:
                 seq.matcher = self.compiler.matcher(req.constraint)
         except (ValueError, ConstraintError) as e:
@@ -196,7 +200,11 @@ class Batcher:
             shared = min(shared, len(p) - 1)
             if shared >= self.min_shared_tokens:
                 candidates[tuple(p[:shared])] = None
-        todo = [list(c) for c in candidates if self.cache.match_prefix(c).length < len(c) - self.min_shared_tokens + 1]
+        todo = [
+            list(c)
+            for c in candidates
+            if self.cache.match_prefix(c).length < len(c) - self.min_shared_tokens + 1
+        ]
         if not todo:
             return
         self._prefill_shared(todo, depth + 1)  # their own common parts first
@@ -227,7 +235,9 @@ class Batcher:
         admitted.sort(key=lambda s: len(s.pending))
         groups, cur = [], []
         for s in admitted:
-            if cur and len(s.pending) * (len(cur) + 1) > 2 * (sum(len(c.pending) for c in cur) + len(s.pending)):
+            if cur and len(s.pending) * (len(cur) + 1) > 2 * (
+                sum(len(c.pending) for c in cur) + len(s.pending)
+            ):
                 groups.append(cur)
                 cur = []
             cur.append(s)

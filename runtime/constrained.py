@@ -26,7 +26,8 @@ def grammar_for(constraint: Constraint) -> str:
     """The llguidance grammar string for a constraint."""
     if constraint.kind == "json_schema":
         return llguidance.LLMatcher.grammar_from_json_schema(
-            constraint.value, defaults={"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
+            constraint.value,
+            defaults={"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "},
         )
     if constraint.kind == "regex":
         return llguidance.LLMatcher.grammar_from_regex(constraint.value)

@@ -27,7 +27,9 @@ CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
 
 
-def choose_providers(requested: list[str] | str | None = None, available: list[str] | None = None) -> list[str]:
+def choose_providers(
+    requested: list[str] | str | None = None, available: list[str] | None = None
+) -> list[str]:
     """Pick ONNX Runtime execution providers.
 
     Args:
@@ -46,7 +48,9 @@ def choose_providers(requested: list[str] | str | None = None, available: list[s
     if requested == "cuda":
         requested = [CUDA, CPU]
     if isinstance(requested, str):
-        raise ModelError(f"unknown provider choice {requested!r}; use 'cpu', 'cuda', 'auto' or a provider list")
+        raise ModelError(
+            f"unknown provider choice {requested!r}; use 'cpu', 'cuda', 'auto' or a provider list"
+        )
     missing = [p for p in requested if p not in available]
     if missing:
         raise ModelError(
@@ -78,7 +82,9 @@ class BatchKV:
     @staticmethod
     def empty(info: ModelInfo, rows: int, dtype=np.float32) -> BatchKV:
         shape = (rows, info.num_kv_heads, 0, info.head_dim)
-        return BatchKV([np.zeros(shape, dtype) for _ in range(2 * info.num_layers)], np.zeros((rows, 0), np.int64))
+        return BatchKV(
+            [np.zeros(shape, dtype) for _ in range(2 * info.num_layers)], np.zeros((rows, 0), np.int64)
+        )
 
     @staticmethod
     def from_prefixes(info: ModelInfo, prefixes: list[np.ndarray | None], dtype=np.float32) -> BatchKV:
@@ -107,7 +113,10 @@ class BatchKV:
         first = int(np.argmax(used)) if used.any() else self.width
         if first == 0:
             return self
-        return BatchKV([np.ascontiguousarray(a[:, :, first:, :]) for a in self.kv], np.ascontiguousarray(self.mask[:, first:]))
+        return BatchKV(
+            [np.ascontiguousarray(a[:, :, first:, :]) for a in self.kv],
+            np.ascontiguousarray(self.mask[:, first:]),
+        )
 
     @staticmethod
     def concat(parts: list[BatchKV]) -> BatchKV:
@@ -169,12 +178,16 @@ class OrtEngine:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.log_severity_level = 3
         try:
-            self.session = ort.InferenceSession(str(artifacts.onnx_path), sess_options=opts, providers=self.providers)
+            self.session = ort.InferenceSession(
+                str(artifacts.onnx_path), sess_options=opts, providers=self.providers
+            )
         except Exception as e:  # ORT raises several private exception types
             raise ModelError(f"{artifacts.onnx_path}: ONNX Runtime could not load the graph ({e})") from None
         self.providers = self.session.get_providers()
         self.threads = threads
-        log.info("engine %s: providers=%s intra_op_threads=%s", artifacts.name, self.providers, threads or "all")
+        log.info(
+            "engine %s: providers=%s intra_op_threads=%s", artifacts.name, self.providers, threads or "all"
+        )
         names = {i.name for i in self.session.get_inputs()}
         self._has_position_ids = "position_ids" in names
         kv_in = [i for i in self.session.get_inputs() if i.name.startswith("past_key_values.")]
@@ -212,5 +225,7 @@ class OrtEngine:
         outs = self.session.run(self._outputs, feed)
         self.forward_calls += 1
         self.forward_tokens += int(input_mask.sum())
-        logits = outs[0][:, -1, :]  # (B, V): rows are right-aligned, the last column is each row's newest token
+        logits = outs[0][
+            :, -1, :
+        ]  # (B, V): rows are right-aligned, the last column is each row's newest token
         return logits, BatchKV(list(outs[1:]), mask)

@@ -123,7 +123,7 @@ class RadixCache:
         self.stats = CacheStats()
 
     # ---- matching -------------------------------------------------------------------------
-    def match_prefix(self, tokens: Sequence[int]) -> MatchResult:
+    def match_prefix(self, tokens: Sequence[int], count_hit: bool = True) -> MatchResult:
         """Longest cached prefix of ``tokens``; splits an edge so the match ends on a node."""
         node, i, path = self.root, 0, []
         now = next(self._clock)
@@ -136,7 +136,7 @@ class RadixCache:
                 child = self._split(child, k)
             node = child
             node.last_access = now
-            node.hits += 1
+            node.hits += count_hit
             path.append(node)
             i += k
         return MatchResult(i, node, path)
@@ -174,9 +174,11 @@ class RadixCache:
             the node where ``tokens`` ends.
         """
         tokens = tuple(tokens)
-        match = self.match_prefix(tokens)
+        match = self.match_prefix(tokens, count_hit=False)
         if match.length < offset:
-            raise ValueError(f"insert: value starts at token {offset} but only {match.length} tokens are cached before it")
+            raise ValueError(
+                f"insert: value starts at token {offset} but only {match.length} tokens are cached before it"
+            )
         node = match.node
         if match.length < len(tokens):
             new = TreeNode(node, tokens[match.length :], self._slice(value, match.length - offset, None))

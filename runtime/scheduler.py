@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-import time
 from concurrent.futures import Future
 from dataclasses import dataclass, replace
 
@@ -102,7 +101,9 @@ class Scheduler:
             self.replicas[name] = [self._start_replica(spec) for _ in range(spec.replicas)]
         import ray
 
-        ray.get([r.ping.remote() for reps in self.replicas.values() for r in reps])  # fail early on bad models
+        ray.get(
+            [r.ping.remote() for reps in self.replicas.values() for r in reps]
+        )  # fail early on bad models
         self._inbox: queue.Queue = queue.Queue()
         self._calls: dict = {}  # ObjectRef -> _Call
         self._closed = threading.Event()
@@ -151,7 +152,9 @@ class Scheduler:
             if pending:
                 self._dispatch(pending)
             if self._calls:
-                done, _ = ray.wait(list(self._calls), num_returns=len(self._calls), timeout=0.002, fetch_local=False)
+                done, _ = ray.wait(
+                    list(self._calls), num_returns=len(self._calls), timeout=0.002, fetch_local=False
+                )
                 for ref in done:
                     self._collect(ref, self._calls.pop(ref))
 
@@ -169,7 +172,9 @@ class Scheduler:
         by_model: dict[str, list[tuple[Request, Future]]] = {}
         for req, fut in items:
             if req.model not in self.specs:
-                fut.set_result(_error(req, f"unknown model {req.model!r}; serving: {', '.join(self.specs) or 'none'}"))
+                fut.set_result(
+                    _error(req, f"unknown model {req.model!r}; serving: {', '.join(self.specs) or 'none'}")
+                )
                 continue
             by_model.setdefault(req.model, []).append((req, fut))
         for model, group in by_model.items():
@@ -199,7 +204,12 @@ class Scheduler:
             fut.set_result(res)
 
     def _on_replica_failure(self, call: _Call, err: Exception) -> None:
-        log.warning("replica of %s died (%s); restarting it and re-sending %d requests", call.model, type(err).__name__, len(call.requests))
+        log.warning(
+            "replica of %s died (%s); restarting it and re-sending %d requests",
+            call.model,
+            type(err).__name__,
+            len(call.requests),
+        )
         reps = self.replicas[call.model]
         idx = 0
         if call.replica in reps:
@@ -209,7 +219,11 @@ class Scheduler:
             # other in-flight calls to the dead replica fail on their own and come back here
         if call.attempt >= self.max_retries:
             for r, fut in zip(call.requests, call.futures):
-                fut.set_result(_error(r, f"model {call.model!r}: replica died {call.attempt + 1} times serving this request"))
+                fut.set_result(
+                    _error(
+                        r, f"model {call.model!r}: replica died {call.attempt + 1} times serving this request"
+                    )
+                )
             return
         live = [r for r in reps if r is not call.replica]
         target = live[(call.attempt + idx) % len(live)] if live else reps[0]
@@ -240,6 +254,14 @@ class Scheduler:
 
 def _error(req: Request, msg: str) -> Result:
     return Result(
-        id=req.id, model=req.model, text="", token_ids=[], finish_reason="error", prompt_tokens=0,
-        cached_tokens=0, generated_tokens=0, error=msg, tag=req.tag,
+        id=req.id,
+        model=req.model,
+        text="",
+        token_ids=[],
+        finish_reason="error",
+        prompt_tokens=0,
+        cached_tokens=0,
+        generated_tokens=0,
+        error=msg,
+        tag=req.tag,
     )

@@ -58,9 +58,16 @@ def build_batcher(cfg: WorkerConfig):
     art = load_model_dir(Path(cfg.model_dir), verify=cfg.verify)
     providers = list(cfg.providers) if isinstance(cfg.providers, tuple) else cfg.providers
     engine = OrtEngine(art, providers=providers, intra_op_threads=cfg.threads or None)
-    tok = Tokenizer(art.tokenizer_path, art.info.eos_token_ids, art.info.bos_token_id, add_bos=bool(art.manifest.get("add_bos")))
+    tok = Tokenizer(
+        art.tokenizer_path,
+        art.info.eos_token_ids,
+        art.info.bos_token_id,
+        add_bos=bool(art.manifest.get("add_bos")),
+    )
     cache = RadixCache(cfg.cache_bytes) if cfg.cache_bytes > 0 else None
-    return Batcher(engine, tok, cache, max_batch_size=cfg.max_batch_size, max_prefill_tokens=cfg.max_prefill_tokens)
+    return Batcher(
+        engine, tok, cache, max_batch_size=cfg.max_batch_size, max_prefill_tokens=cfg.max_prefill_tokens
+    )
 
 
 class ModelWorkerImpl:

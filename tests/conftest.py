@@ -1,0 +1,38 @@
+"""Shared fixtures: tiny random models built in the test session, one Ray instance per session."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
+os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("MURMURATE_THREADS", "1")
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory):
+    """Random tiny models (llama, qwen3, qwen3_moe with 8 experts / top-2), exported with optimum."""
+    pytest.importorskip("torch")
+    pytest.importorskip("optimum.exporters.onnx")
+    from exports.tiny import build_tiny_model
+
+    root = tmp_path_factory.mktemp("tiny-models")
+    return {
+        arch: build_tiny_model(arch, root / arch, preset="test", seed=i)
+        for i, arch in enumerate(["llama", "qwen3", "qwen3_moe"])
+    }
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray instance for the whole session (fractional CPUs keep 2 cores from deadlocking)."""
+    import ray
+
+    from runtime.scheduler import ensure_ray
+
+    ensure_ray(num_cpus=2)
+    yield ray
+    ray.shutdown()

@@ -1,0 +1,137 @@
+"""Constrained decoding: whatever the random model prefers, outputs always conform."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Annotated, Literal
+
+import jsonschema
+import pytest
+from _helpers import make_batcher
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from pydantic import BaseModel, Field, TypeAdapter
+
+from runtime.types import Constraint, Request, SamplingParams
+
+_BATCHERS: dict = {}
+
+
+@pytest.fixture(scope="module")
+def batcher(tiny_models):
+    if "b" not in _BATCHERS:
+        _BATCHERS["b"] = make_batcher(tiny_models["qwen3_moe"])
+    return _BATCHERS["b"]
+
+
+def sampled(constraint: Constraint, n: int = 4, max_tokens: int = 512) -> list[Request]:
+    return [
+        Request(
+            model="m",
+            prompt=["Decide now.", f" Agent {i}:"],
+            constraint=constraint,
+            sampling=SamplingParams(max_tokens=max_tokens, temperature=1.2, seed=i),
+        )
+        for i in range(n)
+    ]
+
+
+words = st.text(alphabet="abcdefgh xyz-'\"é", min_size=1, max_size=8)
+leaf_schemas = st.one_of(
+    st.tuples(st.integers(-50, 50), st.integers(0, 60)).map(
+        lambda t: {"type": "integer", "minimum": t[0], "maximum": t[0] + t[1]}
+    ),
+    st.lists(words, min_size=1, max_size=5, unique=True).map(lambda xs: {"enum": xs}),
+    st.just({"type": "boolean"}),
+    st.integers(1, 10).map(lambda n: {"type": "string", "maxLength": n}),
+    words.map(lambda w: {"const": w}),
+    st.lists(words, min_size=1, max_size=3, unique=True).map(
+        lambda xs: {"type": "array", "items": {"enum": xs}, "maxItems": 3}
+    ),
+)
+
+
+def objects(children):
+    return st.dictionaries(
+        st.from_regex(r"[a-z_]{1,8}", fullmatch=True), children, min_size=1, max_size=3
+    ).map(
+        lambda props: {
+            "type": "object",
+            "properties": props,
+            "required": sorted(props),
+            "additionalProperties": False,
+        }
+    )
+
+
+schemas = objects(st.one_of(leaf_schemas, objects(leaf_schemas)))
+
+
+@settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(schema=schemas)
+def test_json_schema_outputs_always_validate(batcher, schema):
+    for res in batcher.run(sampled(Constraint.json_schema(schema))):
+        assert res.ok, res.error
+        jsonschema.validate(json.loads(res.text), schema)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(options=st.lists(words, min_size=1, max_size=6, unique=True))
+def test_choices_outputs_are_one_of_the_options(batcher, options):
+    for res in batcher.run(sampled(Constraint.choices(options), max_tokens=64)):
+        assert res.ok, res.error
+        assert res.text in options
+
+
+def test_regex_outputs_match(batcher):
+    pattern = r"[a-c]{2,5}-[0-9]{1,3}"
+    for res in batcher.run(sampled(Constraint.regex(pattern), n=8)):
+        assert re.fullmatch(pattern, res.text), res.text
+
+
+class Move(BaseModel):
+    type: Literal["move"]
+    direction: Literal["north", "south", "east", "west"]
+
+
+class Talk(BaseModel):
+    type: Literal["talk"]
+    to: str = Field(max_length=12)
+    text: str = Field(max_length=40)
+
+
+Action = Annotated[Move | Talk, Field(discriminator="type")]
+
+
+def test_pydantic_union_parses_and_forced_tokens_skip_model_steps(batcher):
+    adapter = TypeAdapter(Action)
+    results = batcher.run(sampled(Constraint.json_schema(adapter.json_schema()), n=8))
+    for res in results:
+        adapter.validate_json(res.text)
+    # keys and punctuation are forced by the grammar: appended without sampling
+    assert all(r.forced_tokens >= 5 for r in results), [r.forced_tokens for r in results]
+
+
+def test_bad_constraint_is_an_error_result(batcher):
+    res = batcher.run([Request(model="m", prompt="x", constraint=Constraint.regex("([a-"))])[0]
+    assert res.finish_reason == "error" and "invalid regex constraint" in res.error
+
+
+def test_unfinishable_output_is_an_error_not_garbage(batcher):
+    schema = {"type": "object", "properties": {"t": {"type": "string", "minLength": 50}}, "required": ["t"]}
+    res = batcher.run(
+        [
+            Request(
+                model="m",
+                prompt="x",
+                constraint=Constraint.json_schema(schema),
+                sampling=SamplingParams(max_tokens=5),
+            )
+        ]
+    )[0]
+    assert res.finish_reason == "error" and "incomplete" in res.error

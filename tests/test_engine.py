@@ -1,0 +1,152 @@
+"""Engine + continuous batcher: parity with transformers, batch and cache invariance, sampling, stops."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from _helpers import make_batcher
+
+from runtime.engine import BatchKV
+from runtime.types import Request, SamplingParams
+
+SHARED = "The village wakes at dawn. Farmers walk to the fields, merchants open their stalls at the market. "
+TAILS = [
+    "Ada says",
+    "Bram, the fisher, asks about the river",
+    "Cora",
+    "Dov wants 12 wheat and 3 fish for",
+    "Elin",
+]
+
+
+def requests(n_new=12, **sampling) -> list[Request]:
+    return [
+        Request(model="m", prompt=[SHARED, t], sampling=SamplingParams(max_tokens=n_new, **sampling))
+        for t in TAILS
+    ]
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen3", "qwen3_moe"])
+def test_greedy_matches_transformers_generate(tiny_models, arch):
+    torch = pytest.importorskip("torch")
+    from transformers import AutoModelForCausalLM
+
+    hf = AutoModelForCausalLM.from_pretrained(tiny_models[arch].parent / "hf").eval()
+    b = make_batcher(tiny_models[arch], cache=False)
+    reqs = requests(16)
+    ours = b.run(reqs)
+    eos = set(b.tok.eos_token_ids)
+    for req, res in zip(reqs, ours):
+        ids = b.tok.encode_prompt(req.segments)
+        with torch.no_grad():
+            out = hf.generate(torch.tensor([ids]), max_new_tokens=16, do_sample=False, pad_token_id=1)
+        theirs = [t for t in out[0, len(ids) :].tolist()]
+        if theirs and theirs[-1] in eos:
+            theirs = theirs[:-1]
+        assert res.token_ids == theirs, f"{arch}: {req.prompt[1]!r}"
+
+
+@pytest.mark.parametrize("arch", ["qwen3", "qwen3_moe"])
+def test_same_output_alone_batched_and_cached(tiny_models, arch):
+    reqs = requests(10, temperature=0.9, seed=7)
+    alone = [make_batcher(tiny_models[arch], cache=False).run([r])[0] for r in reqs]
+    batched = make_batcher(tiny_models[arch], cache=False).run(reqs)
+    b = make_batcher(tiny_models[arch], cache=True)
+    cold = b.run(reqs)
+    warm = b.run(reqs)  # every prompt is now cached
+    for a, x, c, w in zip(alone, batched, cold, warm):
+        assert a.token_ids == x.token_ids == c.token_ids == w.token_ids
+    assert all(r.cached_tokens == 0 for r in batched)
+    assert all(r.cached_tokens >= r.prompt_tokens - 1 for r in warm)
+    assert sum(r.cached_tokens for r in cold) > 0  # the shared prefix was computed once and reused
+
+
+def test_requests_join_a_running_batch(tiny_models):
+    """Continuous batching: a request added mid-generation joins, and outputs do not change."""
+    reqs = requests(20, temperature=0.7, seed=3)
+    reference = make_batcher(tiny_models["qwen3"], cache=False).run(reqs)
+    b = make_batcher(tiny_models["qwen3"], max_batch_size=3)
+    for r in reqs[:2]:
+        b.add(r)
+    got = {}
+    steps = 0
+    while b.has_work:
+        for res in b.step():
+            got[res.id] = res
+        steps += 1
+        if steps == 4:  # join while the first two are decoding
+            for r in reqs[2:]:
+                b.add(r)
+        assert len(b.running) <= 3
+    for req, ref in zip(reqs, reference):
+        assert got[req.id].token_ids == ref.token_ids
+
+
+def test_seed_changes_sampled_output(tiny_models):
+    b = make_batcher(tiny_models["qwen3"], cache=False)
+    base = Request(
+        model="m",
+        prompt="Ada says",
+        sampling=SamplingParams(max_tokens=24, temperature=1.5, seed=1, ignore_eos=True),
+    )
+    other = base.model_copy(update={"sampling": base.sampling.model_copy(update={"seed": 2}), "id": "other"})
+    a, c = b.run([base, other])
+    assert len(a.token_ids) == 24 and a.token_ids != c.token_ids
+
+
+def test_stops_eos_and_max_tokens(tiny_models):
+    b = make_batcher(tiny_models["llama"], cache=False)
+    free = b.run([Request(model="m", prompt="Ada", sampling=SamplingParams(max_tokens=30, ignore_eos=True))])[
+        0
+    ]
+    assert free.finish_reason == "length" and free.generated_tokens == 30
+    text = free.text
+    stop = text[5:9]
+    assert stop, "random model produced too little text for the test"
+    stopped = b.run(
+        [
+            Request(
+                model="m", prompt="Ada", sampling=SamplingParams(max_tokens=30, ignore_eos=True, stop=(stop,))
+            )
+        ]
+    )[0]
+    assert stopped.finish_reason == "stop" and stopped.text == text[: text.find(stop)]
+    # make the 4th greedy token the end-of-sequence token: generation stops before it
+    b.eos = {free.token_ids[3]}
+    first = free.token_ids.index(free.token_ids[3])
+    ended = b.run([Request(model="m", prompt="Ada", sampling=SamplingParams(max_tokens=30))])[0]
+    assert ended.finish_reason == "eos" and ended.token_ids == free.token_ids[:first]
+
+
+def test_oversized_prompt_is_an_error_result(tiny_models):
+    b = make_batcher(tiny_models["qwen3"])
+    huge = Request(model="m", prompt="wheat " * 3000)
+    ok = Request(model="m", prompt="Ada")
+    res = b.run([huge, ok])
+    assert res[0].finish_reason == "error" and "does not fit the model's context" in res[0].error
+    assert res[1].ok
+
+
+def test_batch_kv_layout_ops():
+    from runtime.artifacts import ModelInfo
+
+    info = ModelInfo(
+        "x",
+        num_layers=1,
+        num_kv_heads=1,
+        head_dim=2,
+        vocab_size=4,
+        eos_token_ids=(0,),
+        bos_token_id=None,
+        max_position_embeddings=64,
+    )
+    p1 = np.arange(1 * 2 * 1 * 3 * 2, dtype=np.float32).reshape(1, 2, 1, 3, 2)
+    kv = BatchKV.from_prefixes(info, [p1, None, p1[:, :, :, :1]])
+    assert kv.width == 3 and kv.mask.tolist() == [[1, 1, 1], [0, 0, 0], [0, 0, 1]]
+    np.testing.assert_array_equal(kv.row_tokens(0, 0, 3), p1)
+    np.testing.assert_array_equal(kv.row_tokens(2, 0, 1), p1[:, :, :, :1])
+    small = kv.select([1, 2])
+    assert small.width == 1 and small.mask.tolist() == [[0], [1]]
+    both = BatchKV.concat([small, kv.select([0])])
+    assert both.width == 3 and both.mask.sum(axis=1).tolist() == [0, 1, 3]
+    np.testing.assert_array_equal(both.row_tokens(2, 0, 3), p1)

@@ -1,0 +1,96 @@
+"""Ray end to end: two worker replicas, batches per Ray call, a replica killed mid-batch."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from _helpers import make_batcher
+
+from runtime.policy import split_for_replicas
+from runtime.scheduler import ModelSpec, Scheduler
+from runtime.types import Request, SamplingParams
+from runtime.worker import WorkerConfig
+
+SHARED = "World rules: farmers farm, fishers fish, merchants trade at the market. "
+
+
+def reqs(n, max_tokens=8, prefix="agent"):
+    return [
+        Request(
+            model="tiny",
+            prompt=[SHARED, f"{prefix} {i}:"],
+            sampling=SamplingParams(max_tokens=max_tokens, temperature=0.8, seed=i, ignore_eos=True),
+        )
+        for i in range(n)
+    ]
+
+
+@pytest.fixture(scope="module")
+def scheduler(ray_session, tiny_models):
+    spec = ModelSpec(
+        WorkerConfig(str(tiny_models["qwen3"]), name="tiny", threads=1), replicas=2, num_cpus=0.25
+    )
+    with Scheduler([spec]) as s:
+        yield s
+
+
+def test_split_for_replicas_keeps_neighbours_and_balance():
+    rs = [Request(model="m", prompt=[p, str(i)]) for i, p in enumerate("abababab")]
+    chunks = split_for_replicas(rs, 2)
+    assert [len(c) for c in chunks] == [4, 4]
+    assert {r.segments[0] for r in chunks[0]} == {"a"} and {r.segments[0] for r in chunks[1]} == {"b"}
+    assert split_for_replicas(rs[:1], 3) == [rs[:1]]
+    with pytest.raises(ValueError):
+        split_for_replicas(rs, 0)
+
+
+def test_results_match_in_process_and_one_call_per_replica(scheduler, tiny_models):
+    batch = reqs(12)
+    before = scheduler.ray_calls
+    results = scheduler.generate(batch, timeout=120)
+    assert scheduler.ray_calls - before == 2  # one Ray call per replica for the whole batch
+    assert {r.worker for r in results} == {"tiny#1", "tiny#2"}
+    local = make_batcher(tiny_models["qwen3"], cache=False).run(batch)
+    assert [r.token_ids for r in results] == [r.token_ids for r in local]
+    again = scheduler.generate(batch, timeout=120)
+    assert [r.token_ids for r in again] == [r.token_ids for r in local]
+    assert all(r.cached_tokens >= r.prompt_tokens - 1 for r in again)
+
+
+def test_many_callers_are_batched_together(scheduler):
+    out: dict[int, list] = {}
+
+    def caller(k):
+        out[k] = scheduler.generate(reqs(5, prefix=f"caller{k}"), timeout=120)
+
+    threads = [threading.Thread(target=caller, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(out) == [0, 1, 2, 3] and all(len(v) == 5 and all(r.ok for r in v) for v in out.values())
+
+
+def test_unknown_model_gives_an_error_result(scheduler):
+    res = scheduler.generate([Request(model="nope", prompt="hi")], timeout=30)[0]
+    assert not res.ok and "unknown model 'nope'" in res.error
+
+
+def test_worker_killed_mid_batch_still_gives_results(scheduler, tiny_models):
+    import ray
+
+    batch = reqs(16, max_tokens=300)
+    futures = scheduler.submit_many(batch)
+    deadline = time.time() + 30
+    victim = scheduler.replicas["tiny"][0]
+    while time.time() < deadline and not any(s["decode_passes"] for s in [ray.get(victim.stats.remote())]):
+        time.sleep(0.02)
+    ray.kill(victim, no_restart=True)  # mid-batch: it has started decoding
+    results = [f.result(timeout=180) for f in futures]
+    assert all(r.ok for r in results)
+    assert scheduler.restarts >= 1
+    assert victim not in scheduler.replicas["tiny"]
+    local = make_batcher(tiny_models["qwen3"], cache=False).run(batch[:3])
+    assert [r.token_ids for r in results[:3]] == [r.token_ids for r in local]
