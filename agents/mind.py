@@ -333,7 +333,14 @@ class ExpertBrain(Brain):
                 action = self.policy(self.world.persona(agent), observation)
                 decision = Decision(agent, self._tick, action, "expert", action_json(action))
             except Exception as exc:  # an expert bug must not stop a long run; it is logged
-                logger.warning("agent %s tick %d: expert failed: %r", agent, self._tick, exc)
+                first_line = str(exc).splitlines()[0] if str(exc) else ""
+                logger.warning(
+                    "agent %s tick %d: expert failed: %s: %s",
+                    agent,
+                    self._tick,
+                    type(exc).__name__,
+                    first_line,
+                )
                 decision = Decision(agent, self._tick, fallback, "fallback", "", f"expert failed: {exc!r}")
             out[agent] = self._record(decision)
         return out

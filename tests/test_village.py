@@ -323,6 +323,17 @@ def test_expert_traits_shape_choices():
     assert expert_action(stingy, low) != Accept(offer_from="Harlan")
 
 
+def test_expert_producers_ask_merchants_first_then_sell():
+    farmer = VillagePersona(name="Alda", role="farmer", traits={"greed": 0.2})
+    merchant_near = (Neighbor("Harlan", "merchant", 1),)
+    ask = obs_at(area="market", inventory=(("wheat", 7),), near=merchant_near)
+    assert expert_action(farmer, ask) == Trade(to="Harlan", give="wheat", give_qty=5, get="coins", get_qty=10)
+    unanswered = obs_at(area="market", inventory=(("wheat", 7),), near=merchant_near, last="offered Harlan")
+    assert expert_action(farmer, unanswered) == Sell(item="wheat", qty=5)
+    broke = VillagePersona(name="Harlan", role="merchant")
+    assert expert_action(broke, obs_at(area="market", coins=2)) == GoTo(place="fields")
+
+
 def test_expert_needs():
     p = VillagePersona(name="Alda", role="farmer", traits={"caution": 0.5})
     assert expert_action(p, obs_at(hunger=0.7, inventory=(("wheat", 1), ("fish", 1)))) == Eat(item="fish")

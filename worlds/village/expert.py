@@ -4,7 +4,8 @@ It is the yardstick for models and the source of their training data, so it must
 it decides only from what the agent's prompt contains (the persona's role and two-decimal traits,
 and the observation text, which it parses back), deterministically. It never reads world state.
 
-Priorities, first match wins: answer a good offer; sleep if exhausted; eat when hungry; keep
+Priorities, first match wins: sleep if exhausted; eat when hungry and holding food; answer a
+good offer; buy or fetch food when hungry; keep
 sleeping until rested, or go home when tired or (unless diligent) at night; leave the riverbank
 at night if cautious; talk when lonely; otherwise do the role's work.
 """
@@ -50,12 +51,16 @@ def expert_action(persona: Persona, observation: str | VillageObs) -> BaseModel:
     obs = observation if isinstance(observation, VillageObs) else VillageObs.from_text(observation)
     t = persona.traits
     role = persona.role
-    for offer in obs.offers:
-        if worth_accepting(offer, obs, t):
-            return Accept(offer_from=offer.offer_from)
     if obs.energy < 0.15:
         return Sleep()
-    if obs.hunger >= round(0.6 - 0.2 * t["caution"], 2):
+    hungry = obs.hunger >= round(0.6 - 0.2 * t["caution"], 2)
+    food = next((f for f in FOOD_PREFERENCE if obs.has(f)), None)
+    if hungry and food is not None:
+        return Eat(item=food)
+    for offer in obs.offers:
+        if worth_accepting(offer, obs, persona):
+            return Accept(offer_from=offer.offer_from)
+    if hungry:
         meal = _feed(obs)
         if meal is not None:
             return meal
@@ -71,28 +76,29 @@ def expert_action(persona: Persona, observation: str | VillageObs) -> BaseModel:
     return ROLE_POLICY[role](obs, t)
 
 
-def value(good: str, qty: int, obs: VillageObs) -> float:
+def value(good: str, qty: int, obs: VillageObs, role: str) -> float:
     """What ``qty`` of ``good`` is worth to this agent: coins at face value, goods at market sell
-    price, food double when hungry."""
+    price (plus the resale bonus for merchants), food double when hungry."""
     if good == "coins":
         return float(qty)
-    worth = float(R.SELL_PRICE[good] * qty)
+    unit = R.SELL_PRICE[good] + (R.MERCHANT_BONUS if role == "merchant" else 0)
+    worth = float(unit * qty)
     return worth * 2 if good in R.FOOD and obs.hunger >= 0.5 else worth
 
 
-def worth_accepting(offer: Offer, obs: VillageObs, t: Traits) -> bool:
+def worth_accepting(offer: Offer, obs: VillageObs, persona: Persona) -> bool:
     """Accept when I can pay and what I get beats what I give by a greed-dependent margin
     (the generous settle for less)."""
     if obs.has(offer.get) < offer.get_qty:
         return False
+    t = persona.traits
     margin = 0.9 + 0.3 * t["greed"] - 0.2 * t["generosity"]
-    return value(offer.give, offer.give_qty, obs) >= value(offer.get, offer.get_qty, obs) * margin
+    gain = value(offer.give, offer.give_qty, obs, persona.role)
+    return gain >= value(offer.get, offer.get_qty, obs, persona.role) * margin
 
 
 def _feed(obs: VillageObs) -> BaseModel | None:
-    for food in FOOD_PREFERENCE:
-        if obs.has(food):
-            return Eat(item=food)
+    """Hungry with nothing to eat: buy food, or gather wheat if broke and starving."""
     affordable = [f for f in FOOD_PREFERENCE if R.BUY_PRICE[f] <= obs.coins]
     if affordable:
         return Buy(item=affordable[0], qty=1) if obs.area == "market" else GoTo(place="market")
@@ -116,22 +122,21 @@ def _wander(obs: VillageObs, t: Traits) -> BaseModel:
 
 def _producer(obs: VillageObs, t: Traits, item: str, place: str) -> BaseModel:
     keep = 2 if item in R.FOOD else 0  # producers keep something to eat
-    stock = obs.has(item)
-    surplus = stock - keep
+    surplus = obs.has(item) - keep
     cap = 4 + round(6 * t["diligence"])
     if obs.area == "market" and surplus > 0:
-        merchant_near = any(n.role == "merchant" for n in obs.near)
-        if merchant_near and obs.last.startswith("go_to market") and t["greed"] < 0.7:
-            return Idle()  # give the merchant a tick to make an offer
+        # First ask a merchant for a little more than the market pays (the greedy ask more);
+        # if that offer was not taken, sell to the market.
+        merchant = next((n for n in obs.near if n.role == "merchant"), None)
+        if merchant is not None and not obs.last.startswith("offered"):
+            ask = R.SELL_PRICE[item] + (2 if t["greed"] >= 0.7 else 1)
+            qty = min(R.MAX_TRADE_QTY // ask, surplus)
+            return Trade(to=merchant.name, give=item, give_qty=qty, get="coins", get_qty=qty * ask)
         return Sell(item=item, qty=min(R.MAX_QTY, surplus))
     if surplus >= cap:
         return GoTo(place="market")
     if place == "river" and obs.night and t["caution"] >= 0.5:
-        return (
-            Sell(item=item, qty=min(R.MAX_QTY, surplus))
-            if surplus > 0 and obs.area == "market"
-            else _rest(obs)
-        )
+        return _rest(obs)
     return Gather() if obs.area == place else GoTo(place=place)
 
 
@@ -152,17 +157,23 @@ def _woodcutter(obs: VillageObs, t: Traits) -> BaseModel:
 
 
 def _merchant(obs: VillageObs, t: Traits) -> BaseModel:
+    stock = [(obs.has(i), i) for i in R.ITEMS if i != "meal" and obs.has(i)]
+    broke = obs.coins < 6 and not stock
+    farming = obs.coins < 20 and obs.last.startswith(("gathered", "go_to fields"))
+    if broke or farming:  # no capital: earn some as a farmer (the market pays merchants a bonus)
+        return _producer(obs, t, "wheat", "fields")
     if obs.area != "market":
         return GoTo(place="market")
-    # A greedy merchant offers the plain market price (and profits by its bonus); others pay more.
-    for n in obs.near:
-        if n.role in PRODUCE:
-            item = PRODUCE[n.role][0]
-            unit = R.SELL_PRICE[item] + (0 if t["greed"] >= 0.6 else R.MERCHANT_BONUS)
-            qty = min(3, obs.coins // unit)
-            if qty:
-                return Trade(to=n.name, give="coins", give_qty=qty * unit, get=item, get_qty=qty)
-    stock = [(obs.has(i), i) for i in R.ITEMS if i != "meal" and obs.has(i)]
+    # Offers alternate with selling, so a crowd of producers cannot keep a merchant busy forever.
+    # A greedy merchant offers the plain market price; others share their bonus with the seller.
+    if not obs.last.startswith("offered"):
+        for n in obs.near:
+            if n.role in PRODUCE:
+                item = PRODUCE[n.role][0]
+                unit = R.SELL_PRICE[item] + (0 if t["greed"] >= 0.6 else R.MERCHANT_BONUS // 2)
+                qty = min(3, obs.coins // unit)
+                if qty:
+                    return Trade(to=n.name, give="coins", give_qty=qty * unit, get=item, get_qty=qty)
     if stock:
         qty, item = max(stock)
         return Sell(item=item, qty=min(R.MAX_QTY, qty))
@@ -172,14 +183,16 @@ def _merchant(obs: VillageObs, t: Traits) -> BaseModel:
 def _innkeeper(obs: VillageObs, t: Traits) -> BaseModel:
     lacking = [i for i in ("wheat", "fish", "wood") if not obs.has(i)]
     meals = obs.has("meal")
-    if meals and obs.near:
+    if meals and obs.area == "tavern" and not obs.last.startswith("offered"):
         guest = next((n for n in obs.near if n.role != "innkeeper"), None)
         if guest is not None:
             price = 4 + round(2 * t["greed"])
             return Trade(to=guest.name, give="meal", give_qty=1, get="coins", get_qty=price)
+    if meals >= 6:  # more than guests will buy: the market takes the rest
+        return Sell(item="meal", qty=meals - 2) if obs.area == "market" else GoTo(place="market")
     if not lacking:
         return Cook() if obs.area == "tavern" else GoTo(place="tavern")
-    if obs.coins >= R.BUY_PRICE[lacking[0]] and meals < 6:
+    if obs.coins >= R.BUY_PRICE[lacking[0]]:
         return Buy(item=lacking[0], qty=1) if obs.area == "market" else GoTo(place="market")
     if obs.area != "tavern":
         return GoTo(place="tavern")

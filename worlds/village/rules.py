@@ -18,14 +18,14 @@ FOOD: dict[str, float] = {"wheat": 0.15, "fish": 0.25, "meal": 0.5}
 SELL_PRICE: dict[str, int] = {"wheat": 1, "fish": 2, "wood": 2, "meal": 3}
 """Coins the market pays per unit (merchants get MERCHANT_BONUS more)."""
 BUY_PRICE: dict[str, int] = {"wheat": 2, "fish": 3, "wood": 3, "meal": 5}
-MERCHANT_BONUS = 1
+MERCHANT_BONUS = 2
 GATHER: dict[str, str] = {"fields": "wheat", "forest": "wood", "river": "fish"}
 """Where gathering works and what it yields."""
 SPECIALIST: dict[str, str] = {"farmer": "wheat", "fisher": "fish", "woodcutter": "wood"}
 """Roles that gather two units of their item (one at night)."""
 COOK_SITES: tuple[str, ...] = ("tavern", "homes")
 MEALS_PER_COOK = 2
-INNKEEPER_MEALS = 3
+INNKEEPER_MEALS = 4
 
 DAY_LENGTH = 48
 NIGHT_START = 36
@@ -112,7 +112,7 @@ ROLE_TEXT: dict[str, str] = {
     "Sell fish at the market, to merchants or to the innkeeper.",
     "woodcutter": "Role: woodcutter. You gather wood in the forest, two at a time by day. "
     "Sell wood at the market, to merchants or to the innkeeper.",
-    "merchant": f"Role: merchant. You work at the market: the market pays you {MERCHANT_BONUS} coin more "
+    "merchant": f"Role: merchant. You work at the market: the market pays you {MERCHANT_BONUS} coins more "
     "per unit than others, so buy goods from producers with trades and sell them at the market.",
     "innkeeper": f"Role: innkeeper. You cook at the tavern: each cook gives you {INNKEEPER_MEALS} meals. "
     "Buy wheat, fish and wood, and sell meals to hungry villagers.",
