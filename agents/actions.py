@@ -77,8 +77,9 @@ def action_schema(union: Any, discriminator: str = "action") -> dict[str, Any]:
 
 
 def action_json(action: BaseModel) -> str:
-    """Compact JSON for an action, the exact form a model is trained to emit."""
-    return json.dumps(action.model_dump(mode="json"), separators=(",", ":"))
+    """An action as the exact text a constrained model emits and is trained on: fields in schema
+    order, ``", "`` and ``": "`` separators (the serving core's JSON grammar settings)."""
+    return json.dumps(action.model_dump(mode="json"), separators=(", ", ": "))
 
 
 def parse_action(union: Any, text: str) -> BaseModel:

@@ -159,7 +159,7 @@ def test_action_schema_is_decoder_friendly():
 )
 def test_action_json_round_trips(action):
     text = action_json(action)
-    assert text.startswith('{"action":')
+    assert text.startswith('{"action": ')
     assert parse_action(VillageAction, text) == action
 
 
@@ -321,3 +321,38 @@ def test_expert_brain_failures_fall_back():
     assert brain.stats["fallbacks"] == len(world.agents)
     with pytest.raises(ValueError, match="pass serve="):
         ModelBrain(world).decide(obs)
+
+
+def test_expert_actions_as_text_pass_the_serving_grammar():
+    """The expert's action text (the training target) is exactly what constrained decoding allows."""
+    llguidance = pytest.importorskip("llguidance")
+    from tokenizers import Tokenizer, decoders, pre_tokenizers
+    from tokenizers.models import BPE
+
+    from runtime.constrained import grammar_for
+    from runtime.types import Constraint
+
+    vocab = {c: i for i, c in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
+    vocab["<eos>"] = len(vocab)
+    tok = Tokenizer(BPE(vocab=vocab, merges=[]))  # one token per byte
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    lltok = llguidance.LLTokenizer(tok.to_str(), n_vocab=len(vocab), eos_token=[vocab["<eos>"]])
+    grammar = grammar_for(Constraint.json_schema(action_schema(VillageAction)))
+
+    def accepted(text: str) -> bool:
+        matcher = llguidance.LLMatcher(lltok, grammar, log_level=0)
+        return matcher.consume_tokens(tok.encode(text).ids) and matcher.is_accepting()
+
+    world, obs = started_village()
+    brain = ExpertBrain(world, record_prompts=False)
+    kinds = {}
+    for _ in range(60):
+        actions = brain.decide(obs)
+        for action in actions.values():
+            kinds.setdefault(action.action, action)
+        obs, *_ = world.step(actions)
+    assert len(kinds) >= 10
+    for action in kinds.values():
+        assert accepted(action_json(action)), action_json(action)
+    assert not accepted('{"action":"idle"}')  # compact JSON would not be a valid training target

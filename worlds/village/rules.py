@@ -89,20 +89,20 @@ Each tick you choose one action. Your needs: hunger and social rise over time, e
 hunger and social, 1 is best for energy. Your score is how fed, rested, wealthy and social you are.
 A day has {DAY_LENGTH} ticks; ticks {NIGHT_START}-{DAY_LENGTH - 1} of each day are night.
 Actions (JSON):
-{{"action":"move","direction":"north|east|south|west"}} one tile.
-{{"action":"go_to","place":"{"|".join(PLACES)}"}} up to {GO_TO_SPEED} tiles along the shortest path.
-{{"action":"gather"}} in the fields (wheat), forest (wood) or at the river (fish). At night the riverbank is
+{{"action": "move", "direction": "north|east|south|west"}} one tile.
+{{"action": "go_to", "place": "{"|".join(PLACES)}"}} up to {GO_TO_SPEED} tiles along the shortest path.
+{{"action": "gather"}} in the fields (wheat), forest (wood) or at the river (fish). At night the riverbank is
 slippery: gathering there may hurt you.
-{{"action":"eat","item":"wheat|fish|meal"}} removes hunger: {", ".join(f"{k} {v}" for k, v in FOOD.items())}.
-{{"action":"sleep"}} restores energy, most at homes, then at the tavern.
-{{"action":"cook"}} at the tavern or homes turns 1 wheat, 1 fish and 1 wood into {MEALS_PER_COOK} meals.
-{{"action":"sell","item":"...","qty":1}} and {{"action":"buy","item":"...","qty":1}} at the market.
+{{"action": "eat", "item": "wheat|fish|meal"}} removes hunger: {", ".join(f"{k} {v}" for k, v in FOOD.items())}.
+{{"action": "sleep"}} restores energy, most at homes, then at the tavern.
+{{"action": "cook"}} at the tavern or homes turns 1 wheat, 1 fish and 1 wood into {MEALS_PER_COOK} meals.
+{{"action": "sell", "item": "...", "qty": 1}} and {{"action": "buy", "item": "...", "qty": 1}} at the market.
 Market pays: {_price_list(SELL_PRICE)}. Market asks: {_price_list(BUY_PRICE)}.
-{{"action":"trade","to":"Name","give":"fish","give_qty":2,"get":"coins","get_qty":3}} offers a trade to an
-agent within {REACH} tiles; it happens only if they answer {{"action":"accept","offer_from":"YourName"}} on
+{{"action": "trade", "to": "Name", "give": "fish", "give_qty": 2, "get": "coins", "get_qty": 3}} offers a trade to an
+agent within {REACH} tiles; it happens only if they answer {{"action": "accept", "offer_from": "YourName"}} on
 the next tick and both still have the goods.
-{{"action":"talk","to":"Name","text":"..."}} says up to {MAX_UTTERANCE} characters to an agent within {REACH} tiles.
-{{"action":"idle"}} does nothing.
+{{"action": "talk", "to": "Name", "text": "..."}} says up to {MAX_UTTERANCE} characters to an agent within {REACH} tiles.
+{{"action": "idle"}} does nothing.
 Words are only words: nobody can take your goods or act for you. Refused actions come with a reason."""
 
 ROLE_TEXT: dict[str, str] = {
