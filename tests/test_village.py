@@ -404,3 +404,13 @@ def test_view_and_ansi_render():
     assert view.score == pytest.approx(world.world_score())
     text = world.render()
     assert text.startswith("tick 0 (day)") and len(text.splitlines()) == 49
+
+
+@pytest.mark.slow
+def test_ten_thousand_agents():
+    world = Village(village_cast(10_000, seed=0), max_ticks=2)
+    obs, _ = world.reset(seed=0)
+    brain = ExpertBrain(world, record_prompts=False)
+    while world.agents:
+        obs, *_ = world.step(brain.decide(obs))
+    assert brain.stats == {"decisions": 20_000, "fallbacks": 0}
