@@ -1,0 +1,56 @@
+"""Shared benchmark plumbing: the default generated model, result tables and JSON."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+
+def cache_dir() -> Path:
+    """Where generated benchmark models live (``MURMURATE_CACHE`` or ``~/.cache/murmurate``)."""
+    return Path(os.environ.get("MURMURATE_CACHE", Path.home() / ".cache" / "murmurate"))
+
+
+def default_bench_model(console: Console | None = None) -> Path:
+    """The small generated llama used when no ``--model`` is given (built once, then reused)."""
+    from runtime.artifacts import ModelError, load_model_dir
+
+    root = cache_dir() / "bench-llama"
+    try:
+        load_model_dir(root / "onnx")
+        return root / "onnx"
+    except ModelError:
+        pass
+    if console:
+        console.print(f"[dim]building the benchmark model in {root} (once)…[/dim]")
+    from exports.tiny import build_tiny_model
+
+    return build_tiny_model("llama", root, preset="bench", seed=0, name="bench-llama")
+
+
+def print_table(console: Console, title: str, columns: list[str], rows: list[list[Any]]) -> None:
+    table = Table(title=title)
+    for i, c in enumerate(columns):
+        table.add_column(c, justify="left" if i == 0 else "right")
+    for r in rows:
+        table.add_row(*[_fmt(x) for x in r])
+    console.print(table)
+
+
+def _fmt(x: Any) -> str:
+    if x is None:
+        return "—"
+    if isinstance(x, float):
+        return f"{x:,.3f}" if abs(x) < 10 else f"{x:,.1f}"
+    return str(x)
+
+
+def write_json(path: str | Path | None, data: dict) -> None:
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(data, indent=2) + "\n")
