@@ -38,15 +38,16 @@ class TinyArgs:
 TINY_PRESETS: dict[str, TinyArgs] = {
     "test": TinyArgs(),
     "test-moe": TinyArgs(num_experts=8, num_experts_per_tok=2),
-    # A small model whose compute is not all Python overhead: used by `murmurate bench serve`.
+    # Shaped like a small real LM (grouped-query attention 8:2, head size 64), ~20M parameters:
+    # big enough that compute, not Python overhead, sets the pace. Used by `murmurate bench serve`.
     "bench": TinyArgs(
         vocab_size=2048,
-        hidden_size=256,
-        intermediate_size=768,
-        num_hidden_layers=4,
+        hidden_size=512,
+        intermediate_size=1536,
+        num_hidden_layers=6,
         num_attention_heads=8,
-        num_key_value_heads=4,
-        head_dim=32,
+        num_key_value_heads=2,
+        head_dim=64,
         max_position_embeddings=2048,
     ),
 }

@@ -197,17 +197,15 @@ class Batcher:
         candidates: dict[tuple[int, ...], None] = {}
         for i, p in enumerate(order):
             shared = max(lcp[i - 1] if i else 0, lcp[i] if i < len(lcp) else 0)
-            shared = min(shared, len(p) - 1)
             if shared >= self.min_shared_tokens:
                 candidates[tuple(p[:shared])] = None
-        todo = [
-            list(c)
-            for c in candidates
-            if self.cache.match_prefix(c).length < len(c) - self.min_shared_tokens + 1
-        ]
+        todo = [list(c) for c in candidates if self._uncached(c) >= self.min_shared_tokens]
         if not todo:
             return
         self._prefill_shared(todo, depth + 1)  # their own common parts first
+        todo = [c for c in todo if self._uncached(c) >= self.min_shared_tokens]  # still worth a pass?
+        if not todo:
+            return
         seqs = []
         for toks in todo:
             s = Sequence(None, toks)
@@ -217,6 +215,9 @@ class Batcher:
         for s in seqs:
             self.stats.shared_prefill_tokens += len(s.prompt) - s.cached
             self.cache.unlock(s.node)
+
+    def _uncached(self, tokens: list[int]) -> int:
+        return len(tokens) - self.cache.match_prefix(tokens, count_hit=False).length
 
     # ---- prefill ------------------------------------------------------------------------------
     def _prefill(self, admitted: list[Sequence]) -> None:

@@ -20,7 +20,7 @@ def default_bench_model(console: Console | None = None) -> Path:
     """The small generated llama used when no ``--model`` is given (built once, then reused)."""
     from runtime.artifacts import ModelError, load_model_dir
 
-    root = cache_dir() / "bench-llama"
+    root = cache_dir() / "bench-llama-20m"
     try:
         load_model_dir(root / "onnx")
         return root / "onnx"
@@ -30,7 +30,7 @@ def default_bench_model(console: Console | None = None) -> Path:
         console.print(f"[dim]building the benchmark model in {root} (once)…[/dim]")
     from exports.tiny import build_tiny_model
 
-    return build_tiny_model("llama", root, preset="bench", seed=0, name="bench-llama")
+    return build_tiny_model("llama", root, preset="bench", seed=0, name="bench-llama-20m")
 
 
 def print_table(console: Console, title: str, columns: list[str], rows: list[list[Any]]) -> None:

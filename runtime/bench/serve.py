@@ -55,7 +55,9 @@ def make_segment(tok, words: list[str], n_tokens: int, rng: np.random.Generator)
         text += " " + words[int(rng.integers(0, len(words)))][1:]
         ids = tok.encode_segment(text)
         if len(ids) > n_tokens:
-            text = text[: text.rfind(" ")] + " a" * (n_tokens - len(tok.encode_segment(text[: text.rfind(" ")])))
+            text = text[: text.rfind(" ")] + " a" * (
+                n_tokens - len(tok.encode_segment(text[: text.rfind(" ")]))
+            )
             ids = tok.encode_segment(text)
     return text
 
@@ -89,7 +91,12 @@ def run_serve_bench(
     w = workload or ServeWorkload()
     model_dir = Path(model_dir) if model_dir else default_bench_model(console)
     art = load_model_dir(model_dir)
-    tok = Tokenizer(art.tokenizer_path, art.info.eos_token_ids, art.info.bos_token_id, add_bos=bool(art.manifest.get("add_bos")))
+    tok = Tokenizer(
+        art.tokenizer_path,
+        art.info.eos_token_ids,
+        art.info.bos_token_id,
+        add_bos=bool(art.manifest.get("add_bos")),
+    )
     prompts = build_prompts(tok, w)
     ids = [tok.encode_prompt(p) for p in prompts]
     console.print(
@@ -97,7 +104,9 @@ def run_serve_bench(
         f"({w.prefix_tokens} shared + {w.suffix_tokens} own) prompt tokens, {w.new_tokens} new tokens each"
     )
     sampling = SamplingParams(max_tokens=w.new_tokens, ignore_eos=True)
-    reqs = [Request(model=art.name, prompt=list(p), sampling=sampling, id=f"r{i}") for i, p in enumerate(prompts)]
+    reqs = [
+        Request(model=art.name, prompt=list(p), sampling=sampling, id=f"r{i}") for i, p in enumerate(prompts)
+    ]
     out: dict[str, dict] = {}
     outputs: dict[str, list[list[int]]] = {}
 
@@ -118,12 +127,26 @@ def run_serve_bench(
             engine = OrtEngine(art, intra_op_threads=threads or None)
             cache = RadixCache(1 << 30) if name == "runtime_cache" else None
             b = Batcher(engine, tok, None, max_batch_size=max(64, w.requests), max_prefill_tokens=1 << 16)
-            b.run([Request(model=art.name, prompt=list(prompts[0]), sampling=SamplingParams(max_tokens=2, ignore_eos=True))])  # warm-up
+            b.run(
+                [
+                    Request(
+                        model=art.name,
+                        prompt=list(prompts[0]),
+                        sampling=SamplingParams(max_tokens=2, ignore_eos=True),
+                    )
+                ]
+            )  # warm-up
             b = Batcher(engine, tok, cache, max_batch_size=max(64, w.requests), max_prefill_tokens=1 << 16)
             t0 = time.perf_counter()
             res = b.run(reqs)
             wall = time.perf_counter() - t0
-            record(name, wall, sum(r.generated_tokens for r in res), b.stats.hit_ratio if cache else None, [r.token_ids for r in res])
+            record(
+                name,
+                wall,
+                sum(r.generated_tokens for r in res),
+                b.stats.hit_ratio if cache else None,
+                [r.token_ids for r in res],
+            )
         else:
             raise ValueError(f"unknown variant {name!r}")
 
@@ -135,8 +158,23 @@ def run_serve_bench(
         v["vs_hf_per_request"] = v["tokens_per_s"] / base if base else None
         v["vs_hf_batched"] = v["tokens_per_s"] / batched if batched else None
         v["same_output_as_hf"] = float(np.mean([a == b for a, b in zip(outputs[name], ref)])) if ref else None
-        rows.append([name, v["tokens_per_s"], v["wall_s"], v["prefix_hit_ratio"], v["vs_hf_per_request"], v["vs_hf_batched"], v["same_output_as_hf"]])
-    print_table(console, "bench serve", ["variant", "tokens/s", "wall s", "prefix hit", "× hf_per_request", "× hf_batched", "same as hf"], rows)
+        rows.append(
+            [
+                name,
+                v["tokens_per_s"],
+                v["wall_s"],
+                v["prefix_hit_ratio"],
+                v["vs_hf_per_request"],
+                v["vs_hf_batched"],
+                v["same_output_as_hf"],
+            ]
+        )
+    print_table(
+        console,
+        "bench serve",
+        ["variant", "tokens/s", "wall s", "prefix hit", "× hf_per_request", "× hf_batched", "same as hf"],
+        rows,
+    )
     result = {
         "model": art.name,
         "workload": w.__dict__,
@@ -192,5 +230,7 @@ def _hf_batched(model, ids: list[list[int]], new_tokens: int) -> list[list[int]]
         batch[i, width - len(x) :] = torch.tensor(x)
         mask[i, width - len(x) :] = 1
     with torch.inference_mode():
-        y = model.generate(batch, attention_mask=mask, max_new_tokens=new_tokens, do_sample=False, pad_token_id=0)
+        y = model.generate(
+            batch, attention_mask=mask, max_new_tokens=new_tokens, do_sample=False, pad_token_id=0
+        )
     return [row[width:].tolist() for row in y]
