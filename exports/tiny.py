@@ -23,7 +23,7 @@ class TinyArgs:
     num_attention_heads: int = 4
     num_key_value_heads: int = 2
     head_dim: int = 16
-    max_position_embeddings: int = 1024
+    max_position_embeddings: int = 4096
     num_experts: int = 0  # > 0 makes a sparse MoE (qwen3_moe)
     num_experts_per_tok: int = 2
     moe_intermediate_size: int = 64

@@ -120,7 +120,7 @@ def test_stops_eos_and_max_tokens(tiny_models):
 
 def test_oversized_prompt_is_an_error_result(tiny_models):
     b = make_batcher(tiny_models["qwen3"])
-    huge = Request(model="m", prompt="wheat " * 3000)
+    huge = Request(model="m", prompt="wheat " * 5000)
     ok = Request(model="m", prompt="Ada")
     res = b.run([huge, ok])
     assert res[0].finish_reason == "error" and "does not fit the model's context" in res[0].error

@@ -150,6 +150,8 @@ _MOTIFS = {
     "field": _field,
     "forest": _forest,
     "river": _river,
+    "water": _river,
+    "bridge": _path,
     "market": _market,
     "home": _home,
     "tavern": _tavern,

@@ -1,0 +1,248 @@
+"""The ``murmurate`` command line.
+
+murmurate run village [--agents N] [--ticks T] [--seed S] [--brain model|expert] [--model NAME|DIR]
+                      [--headless] [--record PATH] [--workers K] [--out DIR]
+murmurate bench serve [--model DIR] [--quick] [--json PATH] [--requests N] ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from rich.console import Console
+
+console = Console(width=110 if not sys.stdout.isatty() else None)
+
+
+def _has_display() -> bool:
+    if os.environ.get("SDL_VIDEODRIVER") in ("dummy", "offscreen"):
+        return False
+    if sys.platform.startswith("linux"):
+        return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+    return True
+
+
+def resolve_model(spec: str) -> Path:
+    """A model directory from ``--model``: a path, or the name of an installed model."""
+    from runtime.artifacts import ModelError
+
+    p = Path(spec).expanduser()
+    if p.is_dir():
+        return p
+    from runtime.registry import find_model
+
+    found = find_model(spec)
+    if found is None:
+        raise ModelError(
+            f"--model {spec!r}: no such directory and no installed model of that name (see `murmurate models list`)"
+        )
+    return found
+
+
+# ---- run ----------------------------------------------------------------------------------------
+def cmd_run(args: argparse.Namespace) -> int:
+    from agents.mind import ExpertBrain, ModelBrain
+    from runtime.simulation import Simulation
+    from worlds import make_world
+
+    headless = args.headless or not _has_display()
+    if headless:
+        os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
+    out = Path(args.out or f"runs/{args.world}-seed{args.seed}")
+    out.mkdir(parents=True, exist_ok=True)
+    world = make_world(args.world, agents=args.agents, seed=args.seed, max_ticks=None)
+    world.reset(seed=args.seed)
+    scheduler = None
+    if args.brain == "model":
+        from runtime.scheduler import ModelSpec, Scheduler
+        from runtime.worker import WorkerConfig
+
+        model_dir = resolve_model(args.model)
+        from runtime.artifacts import load_model_dir
+
+        name = load_model_dir(model_dir).name
+        console.print(f"starting {args.workers} worker(s) for model [bold]{name}[/bold] ({model_dir})")
+        spec = ModelSpec(
+            WorkerConfig(str(model_dir), name=name, threads=args.threads),
+            replicas=args.workers,
+            num_cpus=args.worker_cpus,
+        )
+        scheduler = Scheduler([spec], address=args.ray_address)
+        brain = ModelBrain(world, model=name)
+    else:
+        brain = ExpertBrain(world)
+    sim = Simulation(
+        world,
+        brain,
+        scheduler.generate if scheduler else None,
+        event_log=out / "events.jsonl",
+        world_name=args.world,
+    )
+    try:
+        if headless:
+            _run_headless(sim, args, out)
+        else:
+            _run_window(sim, args)
+    finally:
+        sim.close()
+        if scheduler:
+            scheduler.shutdown()
+    summary = sim.summary()
+    (out / "summary.json").write_text(__import__("json").dumps(summary.to_dict(), indent=2) + "\n")
+    _print_summary(summary, out)
+    return 0
+
+
+def _stats(sim) -> dict[str, float]:
+    if not sim.metrics:
+        return {}
+    m = sim.metrics[-1]
+    return {
+        "decisions/s": m.decisions / max(m.wall_s, 1e-9),
+        "fallbacks": float(m.fallbacks),
+        "refused": float(m.refused),
+    }
+
+
+def _run_headless(sim, args, out: Path) -> None:
+    from worlds.render import Recorder, snapshot
+
+    record = Path(args.record) if args.record else out / f"{args.world}.mp4"
+    with Recorder(record, fps=args.fps) as rec:
+        rec.add_frame(sim.world.view())
+        sim.run(args.ticks, progress=True, on_tick=lambda m: rec.add_frame(sim.world.view(), _stats(sim)))
+    snapshot(sim.world.view(), out / "final.png", _stats(sim))
+    console.print(f"recording: {record}")
+
+
+def _run_window(sim, args) -> None:
+    from worlds.render import Viewer
+
+    with Viewer(sim.inspect, title=f"murmurate — {args.world}") as viewer:
+        while viewer.handle_events():
+            if viewer.should_step() and not sim.done and len(sim.metrics) < args.ticks:
+                sim.step()
+            viewer.draw(sim.world.view(), _stats(sim))
+
+
+def _print_summary(s, out: Path) -> None:
+    from runtime.bench.common import print_table
+
+    rows = [
+        ["world score", s.world_score],
+        ["ticks", s.ticks],
+        ["agents", s.agents],
+        ["decisions", s.decisions],
+        ["fallbacks", s.fallbacks],
+        ["refused actions", s.refused],
+        ["decisions/s", s.decisions_per_s],
+        ["prompt tokens", s.prompt_tokens],
+        ["generated tokens", s.generated_tokens],
+        ["prefix cache hit", s.prefix_hit_ratio],
+        ["state hash", s.state_hash[:16]],
+    ]
+    print_table(console, f"{s.world} · {s.brain}" + (f" · {s.model}" if s.model else ""), ["", "value"], rows)
+    console.print(f"summary, events and snapshot in {out}/")
+
+
+# ---- bench --------------------------------------------------------------------------------------
+def cmd_bench_serve(args: argparse.Namespace) -> int:
+    from runtime.bench.serve import ServeWorkload, run_serve_bench
+
+    w = ServeWorkload.quick() if args.quick else ServeWorkload()
+    overrides = {
+        k: getattr(args, k)
+        for k in ("requests", "prefix_tokens", "suffix_tokens", "new_tokens")
+        if getattr(args, k) is not None
+    }
+    w = ServeWorkload(**{**w.__dict__, **overrides})
+    variants = tuple(v.strip() for v in args.variants.split(",")) if args.variants else None
+    kw = {"variants": variants} if variants else {}
+    run_serve_bench(args.model, w, args.json, threads=args.threads, console=console, **kw)
+    return 0
+
+
+# ---- parser -------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="murmurate", description="Swarms of persona agents thinking with small local models."
+    )
+    p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run a world (window with a display, recording without)")
+    run.add_argument("world", choices=["village"], help="which world")
+    run.add_argument(
+        "--agents", type=int, default=None, help="number of agents (default: the world's cast of 12)"
+    )
+    run.add_argument("--ticks", type=int, default=200, help="ticks to run (default 200)")
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument(
+        "--brain", choices=["model", "expert"], default="expert", help="who decides (default: expert)"
+    )
+    run.add_argument("--model", default=None, help="model name or directory for --brain model")
+    run.add_argument(
+        "--headless", action="store_true", help="no window: record a video and write the summary"
+    )
+    run.add_argument("--record", default=None, help="recording path (.mp4 or .gif) for headless runs")
+    run.add_argument("--fps", type=float, default=8.0, help="recording frame rate")
+    run.add_argument("--out", default=None, help="output directory (default runs/<world>-seed<S>)")
+    run.add_argument("--workers", type=int, default=1, help="model worker replicas")
+    run.add_argument(
+        "--worker-cpus", type=float, default=1.0, help="CPUs each worker reserves in Ray (fractions allowed)"
+    )
+    run.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads per worker (0: all cores)")
+    run.add_argument("--ray-address", default=None, help="join this Ray cluster instead of starting one")
+    run.set_defaults(fn=cmd_run)
+
+    bench = sub.add_parser("bench", help="benchmarks with baselines in the same run")
+    bsub = bench.add_subparsers(dest="bench", required=True)
+    serve = bsub.add_parser("serve", help="shared-prefix serving workload: transformers vs the runtime")
+    serve.add_argument(
+        "--model", default=None, help="model directory (default: a generated ~20M-parameter llama)"
+    )
+    serve.add_argument("--quick", action="store_true", help="a small workload (smoke test)")
+    serve.add_argument("--json", default=None, help="write results as JSON here")
+    serve.add_argument("--requests", type=int, default=None)
+    serve.add_argument("--prefix-tokens", type=int, default=None)
+    serve.add_argument("--suffix-tokens", type=int, default=None)
+    serve.add_argument("--new-tokens", type=int, default=None)
+    serve.add_argument(
+        "--variants",
+        default=None,
+        help="comma list of hf_per_request,hf_batched,runtime_no_cache,runtime_cache",
+    )
+    serve.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads (0: all cores)")
+    serve.set_defaults(fn=cmd_bench_serve)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    from runtime.artifacts import ModelError
+
+    try:
+        if args.command == "run" and args.brain == "model" and not args.model:
+            console.print(
+                "[red]--brain model needs --model NAME|DIR[/red] (a model directory, e.g. one made by `murmurate models import`)"
+            )
+            return 2
+        return args.fn(args)
+    except ModelError as e:
+        console.print(f"[red]model error:[/red] {e}")
+        return 2
+    except KeyboardInterrupt:
+        console.print("interrupted")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
