@@ -1,0 +1,490 @@
+"""Train an ``act`` model in torch: seeded, resumable, loss on the target tokens only, held-out eval.
+
+Usage::
+
+    python -m exports.dataset /tmp/act.jsonl
+    python -m exports.train --data /tmp/act.jsonl --preset act-moe --out /tmp/act-moe
+    python -m exports.train --data /tmp/act.jsonl --preset act-dense --out /tmp/act-dense \\
+        --tokenizer /tmp/act-moe/hf
+    python -m exports.distill --data /tmp/act.jsonl --teacher /tmp/act-moe/hf --out /tmp/act-student
+
+``OUT/hf`` is a ``save_pretrained`` directory with the tokenizer, ready for
+``exports.onnx_export.export_model``; ``OUT/checkpoint.pt`` is saved every ``save_every`` steps and
+``--resume`` continues from it; ``OUT/metrics.json`` holds the final evaluation.
+
+**Why the shared prefix.** Every ``act`` prompt starts with the same world rules (~500 of its ~750
+tokens). Causal attention makes the rules' keys and values identical for every example, so each
+step runs the rules once (batch 1), repeats their KV cache across the batch and runs only the rest:
+the same function as full-prompt training (the model sees exactly the runtime's token ids) for about
+a third of the compute. Gradients flow through the repeated cache into the prefix computation.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from exports.dataset import ActDataset, ActExample, Encoded, encode_split, load_dataset, train_act_tokenizer
+from exports.presets import ModelArgs
+from exports.tokenizer import EOS as EOS_TOKEN
+from exports.tokenizer import PAD as PAD_TOKEN
+
+IGNORE = -100
+HELDOUT = ("heldout_seed", "heldout_persona")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How to train (the model's shape is the preset's).
+
+    Attributes:
+        preset: a :data:`exports.presets.PRESETS` name.
+        steps: optimizer steps in all (the learning-rate schedule spans them).
+        batch_size: examples per step.
+        lr: peak learning rate (AdamW), reached after ``warmup`` steps, then cosine to
+            ``lr * min_lr_ratio``.
+        weight_decay: AdamW weight decay on matrices.
+        grad_clip: gradient norm clip.
+        seed: seeds the initial weights and the order of examples.
+        save_every: checkpoint interval in steps.
+        eval_examples: examples evaluated per held-out split (0: all).
+        vocab_size: BPE vocabulary when the tokenizer is trained here.
+        threads: torch intra-op threads (the machine is shared).
+        teacher: a teacher's ``save_pretrained`` directory: enables logit distillation.
+        temperature: distillation temperature.
+        alpha: weight of the distillation KL; ``1 - alpha`` weighs the cross-entropy on the
+            expert's tokens.
+    """
+
+    preset: str = "act-moe"
+    steps: int = 800
+    batch_size: int = 32
+    lr: float = 3e-3
+    warmup: int = 50
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    seed: int = 0
+    save_every: int = 100
+    eval_examples: int = 600
+    vocab_size: int = 1536
+    threads: int = 1
+    teacher: str | None = None
+    temperature: float = 2.0
+    alpha: float = 0.7
+
+
+def make_batch(enc: Encoded, idx: Sequence[int], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded suffixes and the flat positions whose next-token logits are scored.
+
+    With right padding no attention mask is needed: under causal attention no real token sees the
+    padding after it. Returns ``ids`` (B, T), ``rows``/``cols`` (N,) hidden positions that predict
+    ``labels`` (N,), the target tokens, and ``mask`` (B, T) marking real tokens.
+    """
+    T = max(len(enc.suffix[i]) for i in idx)
+    ids = torch.full((len(idx), T), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(idx), T), dtype=torch.long)
+    rows, cols, labels = [], [], []
+    for b, i in enumerate(idx):
+        seq, n = enc.suffix[i], enc.n_prompt[i]
+        ids[b, : len(seq)] = torch.tensor(seq)
+        mask[b, : len(seq)] = 1
+        for j in range(n, len(seq)):  # the hidden state at j-1 predicts token j
+            rows.append(b)
+            cols.append(j - 1)
+            labels.append(seq[j])
+    return {
+        "ids": ids,
+        "mask": mask,
+        "rows": torch.tensor(rows),
+        "cols": torch.tensor(cols),
+        "labels": torch.tensor(labels),
+    }
+
+
+def prefix_cache(model: Any, prefix: list[int], batch: int) -> Any:
+    """Run the shared prefix once and repeat its KV cache ``batch`` times (differentiable)."""
+    from transformers import DynamicCache
+
+    cache = DynamicCache()
+    if prefix:
+        model.model(input_ids=torch.tensor([prefix]), past_key_values=cache, use_cache=True)
+        cache.batch_repeat_interleave(batch)
+    return cache
+
+
+def target_logits(model: Any, prefix: list[int], batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, Any]:
+    """Logits at the scored positions, computing the output layer only there.
+
+    Returns:
+        ``(logits (N, V), aux)``: ``aux`` is the router load-balancing loss for a MoE (over the
+        batch's real suffix tokens), else ``None``.
+    """
+    ids = batch["ids"]
+    B, T = ids.shape
+    P = len(prefix)
+    cache = prefix_cache(model, prefix, B)
+    moe = getattr(model.config, "num_experts", 0) > 0
+    pos = torch.arange(P, P + T).unsqueeze(0).expand(B, -1)
+    out = model.model(
+        input_ids=ids, past_key_values=cache, position_ids=pos, use_cache=True, output_router_logits=moe
+    )
+    hidden = out.last_hidden_state[batch["rows"], batch["cols"]]  # (N, D)
+    logits = model.lm_head(hidden)  # (N, V)
+    aux = None
+    if moe:
+        from transformers.models.qwen3_moe.modeling_qwen3_moe import load_balancing_loss_func
+
+        cfg = model.config
+        aux = load_balancing_loss_func(
+            out.router_logits, cfg.num_experts, cfg.num_experts_per_tok, batch["mask"]
+        )
+    return logits, aux
+
+
+def lr_at(cfg: TrainConfig, step: int) -> float:
+    """Linear warmup then cosine decay; a pure function of the step, so resuming needs no state."""
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    frac = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return cfg.lr * (
+        cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0)))
+    )
+
+
+def batch_indices(n: int, batch_size: int, step: int, seed: int) -> list[int]:
+    """The examples of ``step``: epoch-wise seeded permutations, a pure function of the step."""
+    per_epoch = max(1, n // batch_size)
+    epoch, k = divmod(step, per_epoch)
+    perm = np.random.default_rng([seed, epoch]).permutation(n)
+    return [int(i) for i in perm[k * batch_size : (k + 1) * batch_size]]
+
+
+def build_model(args: ModelArgs, tok_dir: Path, seed: int) -> Any:
+    """A freshly initialized model of shape ``args`` for the tokenizer saved in ``tok_dir``."""
+    from transformers import AutoModelForCausalLM, GenerationConfig
+
+    tok, eos, pad = runtime_tokenizer(tok_dir)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(args.hf_config(tok.vocab_size, eos, pad))
+    model.generation_config = GenerationConfig(eos_token_id=eos, pad_token_id=pad, bos_token_id=eos)
+    return model
+
+
+def _optimizer(model: Any, cfg: TrainConfig) -> torch.optim.Optimizer:
+    # No decay on norms, biases and the router's small matrices stay decayed like any matrix.
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    rest = [p for p in model.parameters() if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": rest, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95))
+
+
+def _save_checkpoint(path: Path, model: Any, opt: torch.optim.Optimizer, step: int, cfg: TrainConfig) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(
+        {"model": model.state_dict(), "optim": opt.state_dict(), "step": step, "config": asdict(cfg)}, tmp
+    )
+    os.replace(tmp, path)  # atomic: an interruption mid-save keeps the previous checkpoint
+
+
+def _prepare_tokenizer(
+    cfg: TrainConfig, data: ActDataset, hf_dir: Path, tokenizer: str | Path | None
+) -> None:
+    """Put the tokenizer files in ``hf_dir``: the teacher's, a given one, or one trained on the data."""
+    import shutil
+
+    from exports.onnx_export import TOKENIZER_FILES
+    from exports.tokenizer import save_tokenizer
+
+    hf_dir.mkdir(parents=True, exist_ok=True)
+    source = Path(cfg.teacher) if cfg.teacher else Path(tokenizer) if tokenizer else None
+    if source is None:
+        if not (hf_dir / "tokenizer.json").exists():  # a resumed run keeps its tokenizer
+            save_tokenizer(train_act_tokenizer(data["train"], cfg.vocab_size), hf_dir)
+        return
+    for name in TOKENIZER_FILES:
+        if source.resolve() != hf_dir.resolve():
+            shutil.copy(source / name, hf_dir / name)
+
+
+def runtime_tokenizer(hf_dir: Path) -> tuple[Any, int, int]:
+    """The runtime tokenizer of ``hf_dir`` and its EOS and PAD ids."""
+    from runtime.tokenizer import Tokenizer
+
+    tok = Tokenizer(hf_dir / "tokenizer.json")
+    return tok, tok.token_to_id(EOS_TOKEN), tok.token_to_id(PAD_TOKEN)
+
+
+def train(
+    cfg: TrainConfig,
+    data: ActDataset,
+    out_dir: str | Path,
+    *,
+    tokenizer: str | Path | None = None,
+    resume: bool = False,
+    stop_after: int | None = None,
+    evaluate_at_end: bool = True,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train (or distill, if ``cfg.teacher``) a model on ``data['train']``.
+
+    Args:
+        cfg: the training configuration.
+        data: the dataset (held-out splits are used only for evaluation).
+        out_dir: run directory (``hf/``, ``checkpoint.pt``, ``log.jsonl``, ``metrics.json``).
+        tokenizer: a directory with tokenizer files to use (ignored when distilling: the student
+            takes the teacher's, so their logits line up); trained on the data when omitted.
+        resume: continue from ``out_dir/checkpoint.pt`` if it exists.
+        stop_after: stop once this step is reached (the schedule still spans ``cfg.steps``), as if
+            interrupted; for time-boxed runs.
+        evaluate_at_end: run the held-out evaluation after the last step.
+        progress: show a progress bar.
+
+    Returns:
+        The metrics (also written to ``metrics.json``): final training loss, wall time, tokens, and
+        per held-out split the loss and exact-match accuracy.
+    """
+    from exports.distill import distill_loss, load_teacher
+
+    torch.set_num_threads(cfg.threads)
+    out = Path(out_dir)
+    hf_dir = out / "hf"
+    _prepare_tokenizer(cfg, data, hf_dir, tokenizer)
+    tok, eos_id, pad_id = runtime_tokenizer(hf_dir)
+    enc = encode_split(tok, data["train"], eos_id)
+    args = ModelArgs.from_name(cfg.preset)
+    model = build_model(args, hf_dir, cfg.seed)
+    opt = _optimizer(model, cfg)
+    teacher = load_teacher(cfg.teacher) if cfg.teacher else None
+    ckpt_path = out / "checkpoint.pt"
+    start = 0
+    if resume and ckpt_path.exists():
+        state = torch.load(ckpt_path, weights_only=False)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optim"])
+        start = state["step"]
+    end = min(cfg.steps, stop_after) if stop_after is not None else cfg.steps
+    model.train()
+    log = (out / "log.jsonl").open("a")
+    t0, tokens, loss_ema = time.time(), 0, None
+    bar = tqdm(
+        range(start, end), desc=f"train {cfg.preset}", initial=start, total=cfg.steps, disable=not progress
+    )
+    for step in bar:
+        batch = make_batch(enc, batch_indices(len(enc.suffix), cfg.batch_size, step, cfg.seed), pad_id)
+        for g in opt.param_groups:
+            g["lr"] = lr_at(cfg, step)
+        logits, aux = target_logits(model, enc.prefix, batch)
+        ce = F.cross_entropy(logits, batch["labels"])
+        loss = ce
+        if teacher is not None:
+            with torch.no_grad():
+                t_logits, _ = target_logits(teacher, enc.prefix, batch)
+            loss = distill_loss(logits, t_logits, batch["labels"], cfg.temperature, cfg.alpha)
+        if aux is not None:
+            loss = loss + args.router_aux_loss_coef * aux
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        tokens += int(batch["mask"].sum()) + len(enc.prefix)
+        ce_val = ce.item()
+        loss_ema = ce_val if loss_ema is None else 0.95 * loss_ema + 0.05 * ce_val
+        bar.set_postfix(ce=f"{loss_ema:.4f}", lr=f"{lr_at(cfg, step):.1e}")
+        if (step + 1) % 10 == 0:
+            rec = {
+                "step": step + 1,
+                "ce": ce_val,
+                "loss": loss.item(),
+                "aux": None if aux is None else aux.item(),
+            }
+            log.write(json.dumps(rec) + "\n")
+            log.flush()
+        if (step + 1) % cfg.save_every == 0 or step + 1 == end:
+            _save_checkpoint(ckpt_path, model, opt, step + 1, cfg)
+    bar.close()
+    log.close()
+    wall = time.time() - t0
+    model.eval()
+    model.save_pretrained(hf_dir)
+    metrics: dict[str, Any] = {
+        "preset": cfg.preset,
+        "config": asdict(cfg),
+        "model": args.to_dict(),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "steps_done": end,
+        "train_examples": len(enc.suffix),
+        "prefix_tokens": len(enc.prefix),
+        "mean_example_tokens": len(enc.prefix) + float(np.mean([len(s) for s in enc.suffix])),
+        "train_ce_ema": loss_ema,
+        "wall_s_this_run": round(wall, 1),
+        "tokens_per_s_this_run": round(tokens / wall, 1) if wall > 0 else None,
+    }
+    if evaluate_at_end and end == cfg.steps:
+        for split in HELDOUT:
+            metrics[split] = evaluate(
+                model, tok, data[split], limit=cfg.eval_examples, world=data.spec.world, progress=progress
+            )
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    return metrics
+
+
+@torch.no_grad()
+def greedy_decode(
+    model: Any, prefix: list[int], prompts: Sequence[list[int]], eos_id: int, pad_id: int, max_new: int = 64
+) -> list[list[int]]:
+    """Plain greedy decoding of a batch of prompts that share ``prefix``.
+
+    The suffixes are left-padded between the prefix and the prompt (masked out), and each row gets
+    explicit positions, so every prompt sees exactly the positions it had in training.
+
+    Returns:
+        Per prompt, the generated ids up to and including EOS (or ``max_new`` ids).
+    """
+    B, P, L = len(prompts), len(prefix), max(len(p) for p in prompts)
+    ids = torch.full((B, L), pad_id, dtype=torch.long)
+    attn = torch.zeros((B, P + L), dtype=torch.long)
+    attn[:, :P] = 1
+    pos = torch.full((B, L), P, dtype=torch.long)
+    for b, p in enumerate(prompts):
+        n = len(p)
+        ids[b, L - n :] = torch.tensor(p)
+        attn[b, P + L - n :] = 1
+        pos[b, L - n :] = torch.arange(P, P + n)
+    cache = prefix_cache(model, prefix, B)
+    h = model.model(
+        input_ids=ids, attention_mask=attn, position_ids=pos, past_key_values=cache
+    ).last_hidden_state
+    next_pos = pos[:, -1:] + 1  # (B, 1)
+    out: list[list[int]] = [[] for _ in range(B)]
+    done = torch.zeros(B, dtype=torch.bool)
+    for _ in range(max_new):
+        nxt = model.lm_head(h[:, -1]).argmax(-1)  # (B,)
+        for b in range(B):
+            if not done[b]:
+                out[b].append(int(nxt[b]))
+        done |= nxt == eos_id
+        if bool(done.all()):
+            break
+        attn = torch.cat([attn, torch.ones((B, 1), dtype=torch.long)], dim=1)
+        h = model.model(
+            input_ids=nxt[:, None], attention_mask=attn, position_ids=next_pos, past_key_values=cache
+        ).last_hidden_state
+        next_pos = next_pos + 1
+    return out
+
+
+@torch.no_grad()
+def evaluate(
+    model: Any,
+    tok: Any,
+    examples: Sequence[ActExample],
+    *,
+    limit: int = 0,
+    world: str = "village",
+    batch_size: int = 32,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Held-out loss and exact-match accuracy of plain greedy decoding against the expert.
+
+    A prediction is correct when it parses (``agents.actions.parse_action``) into the same action
+    as the expert's JSON. Unparsable output counts as wrong (the runtime's constrained decoder would
+    have forced a valid action; this measures the model alone).
+
+    Args:
+        model: a causal LM (eval mode is set here).
+        tok: the runtime tokenizer it was trained with.
+        examples: the examples (a seeded sample of ``limit`` of them when ``limit`` is set).
+        world: the world whose action union parses the outputs.
+        batch_size: examples decoded together.
+        progress: show a progress bar.
+
+    Returns:
+        ``n``, ``loss`` (mean cross-entropy per target token), ``exact_match``, ``parse_fail``,
+        ``by_action`` (expert action -> [correct, total]) and up to 20 ``mistakes``.
+    """
+    from agents.actions import ActionParseError, parse_action
+    from worlds import world_class
+
+    union = world_class(world).action_type
+    model.eval()
+    if limit and len(examples) > limit:
+        keep = np.random.default_rng(0).choice(len(examples), size=limit, replace=False)
+        examples = [examples[int(i)] for i in sorted(keep)]
+    eos_id, pad_id = tok.token_to_id(EOS_TOKEN), tok.token_to_id(PAD_TOKEN)
+    enc = encode_split(tok, examples, eos_id)
+    nll, n_tok, correct, fails = 0.0, 0, 0, 0
+    by_action: dict[str, list[int]] = {}
+    mistakes: list[dict[str, str]] = []
+    for lo in tqdm(range(0, len(examples), batch_size), desc="eval", disable=not progress):
+        idx = list(range(lo, min(lo + batch_size, len(examples))))
+        batch = make_batch(enc, idx, pad_id)
+        logits, _ = target_logits(model, enc.prefix, batch)
+        nll += float(F.cross_entropy(logits, batch["labels"], reduction="sum"))
+        n_tok += len(batch["labels"])
+        prompts = [enc.suffix[i][: enc.n_prompt[i]] for i in idx]
+        for i, gen in zip(idx, greedy_decode(model, enc.prefix, prompts, eos_id, pad_id)):
+            ex = enc.examples[i]
+            text = tok.decode(gen)
+            expert = parse_action(union, ex.target)
+            try:
+                ok = parse_action(union, text) == expert
+            except ActionParseError:
+                ok, fails = False, fails + 1
+            correct += ok
+            tally = by_action.setdefault(expert.action, [0, 0])
+            tally[0] += ok
+            tally[1] += 1
+            if not ok and len(mistakes) < 20:
+                mistakes.append({"agent": ex.agent, "tick": str(ex.tick), "expert": ex.target, "model": text})
+    return {
+        "n": len(examples),
+        "loss": nll / max(n_tok, 1),
+        "exact_match": correct / max(len(examples), 1),
+        "parse_fail": fails,
+        "by_action": by_action,
+        "mistakes": mistakes,
+    }
+
+
+def main(argv: Sequence[str] | None = None, *, defaults: TrainConfig | None = None) -> dict[str, Any]:
+    """Command line: ``python -m exports.train --data D.jsonl --preset P --out DIR [--resume]``."""
+    import argparse
+
+    defaults = defaults or TrainConfig()
+    p = argparse.ArgumentParser(description="Train an act model (see exports/train.py).")
+    p.add_argument("--data", type=Path, required=True, help="a dataset from exports.dataset")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--tokenizer", type=Path, default=None, help="directory with tokenizer files to reuse")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    p.add_argument("--stop-after", type=int, default=None, help="stop at this step (resume later)")
+    for name, value in asdict(defaults).items():
+        kind = type(value) if value is not None else str
+        p.add_argument("--" + name.replace("_", "-"), type=kind, default=value)
+    ns = vars(p.parse_args(argv))
+    data = load_dataset(ns.pop("data"))
+    out, tokenizer, resume, stop_after = (
+        ns.pop("out"),
+        ns.pop("tokenizer"),
+        ns.pop("resume"),
+        ns.pop("stop_after"),
+    )
+    metrics = train(TrainConfig(**ns), data, out, tokenizer=tokenizer, resume=resume, stop_after=stop_after)
+    summary = {k: v for k, v in metrics.items() if k in HELDOUT}
+    print(json.dumps({"wall_s": metrics["wall_s_this_run"], **summary}, indent=2))
+    return metrics
+
+
+if __name__ == "__main__":
+    main()
