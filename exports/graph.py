@@ -18,7 +18,6 @@ Shapes (letter legend): B = rows, S = positions per row, D = hidden size, V = vo
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import time
@@ -372,3 +371,174 @@ def _compare(
             flush=True,
         )
     return rows
+
+
+def build_random_model(arch: str, out_dir: str | Path, seed: int = 0, **sizes: Any) -> Path:
+    """Save a random transformers model of ``arch`` with the given sizes and export it; returns the ONNX dir.
+
+    Benchmarks need shapes the tiny presets (:mod:`exports.tiny`) do not have; no tokenizer is
+    written, so the result is for timing graphs, not for serving.
+
+    Args:
+        arch: ``llama`` or ``qwen3_moe``.
+        out_dir: parent directory; ``hf/`` and ``onnx/`` are created inside.
+        seed: torch seed for the weights.
+        **sizes: config fields (``hidden_size``, ``num_experts``, ``vocab_size``...).
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, LlamaConfig, Qwen3MoeConfig
+
+    from exports.onnx_export import export_model
+
+    common: dict[str, Any] = dict(
+        vocab_size=2048,
+        hidden_size=256,
+        intermediate_size=512,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=64,
+        max_position_embeddings=2048,
+        tie_word_embeddings=False,
+    )
+    common.update(sizes)
+    if arch == "llama":
+        config = LlamaConfig(**common)
+    elif arch == "qwen3_moe":
+        moe = dict(num_experts=8, num_experts_per_tok=2, moe_intermediate_size=512, norm_topk_prob=True)
+        config = Qwen3MoeConfig(**{**moe, **common, "decoder_sparse_step": 1, "mlp_only_layers": []})
+    else:
+        raise ValueError(f"unknown architecture {arch!r}; use 'llama' or 'qwen3_moe'")
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config).eval()
+    out = Path(out_dir)
+    model.save_pretrained(out / "hf")
+    return export_model(out / "hf", out / "onnx", f"bench-{arch}", extra={"built_by": "exports.graph"})
+
+
+def profile_parts(
+    path: Path, feeds: dict[str, np.ndarray], threads: int = 1, runs: int = 10
+) -> dict[str, float]:
+    """Milliseconds per run spent in each part of an optimum graph, from ONNX Runtime's profiler.
+
+    Parts go by optimum's node names: ``moe`` (``/mlp/`` nodes and the rewrite's ``moe.*`` nodes),
+    ``attention`` (``/self_attn/``), ``lm_head`` (``/lm_head/`` and the last-position slice), ``other``.
+    """
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.enable_profiling = True
+    opts.profile_file_prefix = str(path.parent / "ort_profile")
+    session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    for _ in range(runs):
+        session.run(None, feeds)
+    trace = Path(session.end_profiling())
+    parts = dict.fromkeys(("moe", "attention", "lm_head", "other"), 0.0)
+    for event in json.loads(trace.read_text()):
+        name = event.get("name", "")
+        if event.get("cat") != "Node" or not name.endswith("_kernel_time"):
+            continue
+        if "/mlp/" in name or name.startswith("moe."):
+            part = "moe"
+        elif "/self_attn/" in name:
+            part = "attention"
+        elif "lm_head" in name or name.startswith("last_token_logits"):
+            part = "lm_head"
+        else:
+            part = "other"
+        parts[part] += event["dur"] / 1e3 / runs  # the trace is in microseconds
+    trace.unlink()
+    return parts
+
+
+def bench_moe(
+    out_dir: str | Path,
+    threads: int = 1,
+    hidden: int = 256,
+    layers: int = 4,
+    experts: int = 8,
+    moe_intermediate: int = 512,
+    k: int = 2,
+    seed: int = 0,
+) -> list[dict[str, Any]]:
+    """Time optimum's qwen3_moe graph against its :func:`~exports.moe_graph.sparsify_moe` rewrite.
+
+    Both graphs run the same feeds in the same process (decode at batch 1 and 64, and a prefill),
+    alternating; the MoE blocks' own share comes from ONNX Runtime's profiler. Prints ratios.
+
+    Returns:
+        One dict per case: shapes, milliseconds per pass, tokens/s, whole-graph and MoE-block speed-ups.
+    """
+    from exports.moe_graph import sparsify_moe
+
+    out = Path(out_dir)
+    onnx_dir = build_random_model(
+        "qwen3_moe", out, seed, hidden_size=hidden, num_hidden_layers=layers, num_experts=experts,
+        num_experts_per_tok=k, moe_intermediate_size=moe_intermediate, intermediate_size=moe_intermediate,
+    )  # fmt: skip
+    dense, sparse = onnx_dir / "model.onnx", out / "sparse" / "model.onnx"
+    report = sparsify_moe(dense, sparse, onnx_dir / "config.json")
+    print(
+        f"qwen3_moe D={hidden} layers={layers} E={experts} A={k} I={moe_intermediate}: "
+        f"{report.nodes_before} nodes -> {report.nodes_after} ({report.blocks} MoE nodes), {threads} thread(s)"
+    )
+    cases = [("decode", 1, 1, 64), ("decode", 64, 1, 64), ("prefill", 4, 64, 0)]
+    rows = _compare("moe", dense, sparse, cases, vocab=2048, threads=threads)
+    probe = _session(dense, threads)
+    for row in rows:
+        feeds = model_feeds(probe, row["batch"], row["new_tokens"], row["past"], 2048)
+        base, new = profile_parts(dense, feeds, threads), profile_parts(sparse, feeds, threads)
+        row["base_moe_ms"], row["new_moe_ms"] = base["moe"], new["moe"]
+        row["moe_speedup"] = base["moe"] / new["moe"]
+        row["base_parts_ms"] = base
+        print(
+            f"moe {row['case']:8s} B={row['batch']:3d}: MoE blocks {base['moe']:7.2f} ms -> {new['moe']:7.2f} ms "
+            f"(x{row['moe_speedup']:.2f}); the all-experts graph spends {base['attention']:.2f} ms in "
+            f"attention, {base['other'] + base['lm_head']:.2f} ms elsewhere (profiled)"
+        )
+    return rows
+
+
+def bench_logits(
+    out_dir: str | Path,
+    threads: int = 1,
+    vocab: int = 16384,
+    hidden: int = 256,
+    layers: int = 4,
+    seed: int = 0,
+) -> list[dict[str, Any]]:
+    """Time a llama graph against its :func:`last_token_logits` rewrite on prefills; prints ratios."""
+    out = Path(out_dir)
+    onnx_dir = build_random_model(
+        "llama", out, seed, vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers,
+        intermediate_size=4 * hidden,
+    )  # fmt: skip
+    full, last = onnx_dir / "model.onnx", out / "last" / "model.onnx"
+    last_token_logits(full, last)
+    print(f"llama V={vocab} D={hidden} layers={layers}, {threads} thread(s)")
+    cases = [("prefill", 1, 128, 0), ("prefill", 8, 64, 0), ("decode", 64, 1, 64)]
+    return _compare("logits", full, last, cases, vocab=vocab, threads=threads)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m exports.graph bench-moe|bench-logits [--threads N] [--out DIR]``."""
+    import argparse
+    import tempfile
+
+    parser = argparse.ArgumentParser(prog="python -m exports.graph", description=__doc__.split("\n")[0])
+    parser.add_argument("command", choices=["bench-moe", "bench-logits"])
+    parser.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads")
+    parser.add_argument("--out", help="keep the built models here (default: a temporary directory)")
+    parser.add_argument("--vocab", type=int, default=16384, help="vocabulary of the bench-logits model")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(args.out) if args.out else Path(tmp)
+        if args.command == "bench-moe":
+            bench_moe(out, threads=args.threads)
+        else:
+            bench_logits(out, threads=args.threads, vocab=args.vocab)
+
+
+if __name__ == "__main__":
+    main()
