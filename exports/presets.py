@@ -34,7 +34,8 @@ class ModelArgs:
         num_experts_per_tok: experts each token is routed to (A).
         moe_intermediate_size: feed-forward width of one expert.
         router_aux_loss_coef: weight of the load-balancing loss (MoE only).
-        max_position_embeddings: longest sequence (the ``act`` prompt is ~800 tokens).
+        max_position_embeddings: longest sequence (the ``act`` prompt is ~750 tokens with a 1.5k
+            vocabulary, more with a smaller one; memories and utterances make it vary).
         rope_theta: rotary base.
     """
 
@@ -49,7 +50,7 @@ class ModelArgs:
     num_experts_per_tok: int = 2
     moe_intermediate_size: int = 128
     router_aux_loss_coef: float = 0.01
-    max_position_embeddings: int = 1024
+    max_position_embeddings: int = 2048
     rope_theta: float = 10000.0
 
     @property

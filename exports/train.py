@@ -264,6 +264,12 @@ def train(
     tok, eos_id, pad_id = runtime_tokenizer(hf_dir)
     enc = encode_split(tok, data["train"], eos_id)
     args = ModelArgs.from_name(cfg.preset)
+    longest = len(enc.prefix) + max(len(s) for s in enc.suffix)
+    if longest > args.max_position_embeddings:
+        raise ValueError(
+            f"the longest example has {longest} tokens but preset {cfg.preset!r} holds "
+            f"{args.max_position_embeddings}; use a larger vocabulary or a preset with a longer context"
+        )
     model = build_model(args, hf_dir, cfg.seed)
     opt = _optimizer(model, cfg)
     teacher = load_teacher(cfg.teacher) if cfg.teacher else None

@@ -1,0 +1,239 @@
+"""The model factory in miniature: expert data -> tokenizer -> teacher -> distilled student -> ONNX ->
+a constrained request served by the runtime; plus the dataset's split properties, the shared-prefix
+forward against a plain forward, distillation's loss, and resume-from-checkpoint equivalence."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from exports.dataset import (  # noqa: E402
+    SPLITS,
+    DatasetSpec,
+    build_act_dataset,
+    encode_split,
+    load_dataset,
+    save_dataset,
+)
+from exports.distill import distill_loss  # noqa: E402
+from exports.presets import PRESETS, ModelArgs  # noqa: E402
+from exports.train import (  # noqa: E402
+    TrainConfig,
+    build_model,
+    greedy_decode,
+    make_batch,
+    runtime_tokenizer,
+    target_logits,
+    train,
+)
+
+SPEC = DatasetSpec(
+    train_worlds=3,
+    heldout_seed_worlds=1,
+    heldout_persona_worlds=2,
+    generated_per_world=4,
+    ticks=40,
+    sample_rate=0.25,
+    seed=7,
+)
+
+
+@pytest.fixture(scope="module")
+def data():
+    return build_act_dataset(SPEC, progress=False)
+
+
+@pytest.fixture(scope="module")
+def tok_dir(tmp_path_factory, data):
+    from exports.dataset import train_act_tokenizer
+    from exports.tokenizer import save_tokenizer
+
+    out = tmp_path_factory.mktemp("tok")
+    save_tokenizer(train_act_tokenizer(data["train"], vocab_size=512), out)
+    return out
+
+
+def test_dataset_is_deterministic_and_round_trips(data, tmp_path):
+    again = build_act_dataset(SPEC, progress=False)
+    assert again.splits == data.splits
+    other = build_act_dataset(replace(SPEC, seed=8), progress=False)
+    assert other["train"] != data["train"]
+    path = save_dataset(data, tmp_path / "act.jsonl")
+    loaded = load_dataset(path)
+    assert loaded.spec == SPEC and loaded.splits == data.splits
+
+
+def test_load_rejects_foreign_and_truncated_files(data, tmp_path):
+    path = save_dataset(data, tmp_path / "act.jsonl")
+    lines = path.read_text().splitlines()
+    (tmp_path / "cut.jsonl").write_text("\n".join(lines[:-3]) + "\n")
+    with pytest.raises(ValueError, match="truncated"):
+        load_dataset(tmp_path / "cut.jsonl")
+    (tmp_path / "other.jsonl").write_text(json.dumps({"format": "something-else"}) + "\n")
+    with pytest.raises(ValueError, match="not a"):
+        load_dataset(tmp_path / "other.jsonl")
+
+
+def test_heldout_splits_are_disjoint_from_training(data):
+    assert all(data[s] for s in SPLITS)
+    train_names = data.personas("train")
+    # Held-out personas: names and trait combinations never seen in training.
+    assert not data.personas("heldout_persona") & train_names
+    traits = {}
+    for ex in data["train"] + data["heldout_persona"]:
+        line = next(ln for ln in ex.prompt[2].splitlines() if ln.startswith("Traits:"))
+        traits.setdefault(ex.split, set()).add(line)
+    assert not traits["train"] & traits["heldout_persona"]
+    # Held-out seeds: known personas in worlds on seeds no training world used.
+    assert data.personas("heldout_seed") <= train_names
+    for split in ("heldout_seed", "heldout_persona"):
+        assert not data.world_seeds(split) & data.world_seeds("train")
+    assert not data.world_seeds("heldout_seed") & data.world_seeds("heldout_persona")
+
+
+def test_examples_are_what_the_model_brain_sees_and_the_decoder_emits(data):
+    from agents.actions import action_json, parse_action
+    from worlds.village import VillageAction
+
+    rules = data["train"][0].prompt[0]
+    for ex in data["train"][:200] + data["heldout_persona"][:50]:
+        assert len(ex.prompt) == 5 and ex.prompt[0] == rules
+        assert ex.prompt[-1].endswith("Your next action as one JSON object:")
+        assert action_json(parse_action(VillageAction, ex.target)) == ex.target
+    kinds = {parse_action(VillageAction, ex.target).action for ex in data["train"]}
+    assert {"go_to", "gather", "eat", "sleep", "trade"} <= kinds
+
+
+def test_encoding_matches_the_runtime_tokenizer(data, tok_dir):
+    tok, eos, _ = runtime_tokenizer(tok_dir)
+    enc = encode_split(tok, data["heldout_seed"][:50], eos)
+    assert len(enc.prefix) > 100  # the rules are shared and computed once
+    for ex, suffix, n in zip(enc.examples, enc.suffix, enc.n_prompt):
+        assert enc.prefix + suffix[:n] == tok.encode_prompt(ex.prompt)
+        assert suffix[-1] == eos and tok.decode(suffix[n:]) == ex.target
+
+
+@pytest.mark.parametrize("preset", ["tiny", "tiny-moe"])
+def test_shared_prefix_forward_and_decode_match_plain_transformers(data, tok_dir, preset):
+    torch.set_num_threads(1)
+    tok, eos, pad = runtime_tokenizer(tok_dir)
+    model = build_model(ModelArgs.from_name(preset), tok_dir, seed=0).eval()
+    enc = encode_split(tok, data["train"][:3], eos)
+    batch = make_batch(enc, [0, 1, 2], pad)
+    with torch.no_grad():
+        logits, aux = target_logits(model, enc.prefix, batch)
+        for k, (r, c) in enumerate(zip(batch["rows"].tolist(), batch["cols"].tolist())):
+            full = model(input_ids=torch.tensor([enc.prefix + enc.suffix[r]])).logits[0]
+            torch.testing.assert_close(logits[k], full[len(enc.prefix) + c], atol=1e-4, rtol=1e-4)
+    assert (aux is not None) == (preset == "tiny-moe")
+    # Batched greedy decoding (left-padded suffixes, explicit positions) equals generate() per prompt.
+    prompts = [s[:n] for s, n in zip(enc.suffix, enc.n_prompt)]
+    ours = greedy_decode(model, enc.prefix, prompts, eos, pad, max_new=6)
+    for p, got in zip(prompts, ours):
+        ids = torch.tensor([enc.prefix + p])
+        ref = model.generate(ids, max_new_tokens=6, do_sample=False, pad_token_id=pad, eos_token_id=eos)
+        assert got == ref[0, ids.shape[1] :].tolist()
+
+
+def test_distill_loss():
+    torch.manual_seed(0)
+    t = torch.randn(5, 11)
+    labels = t.argmax(-1)
+    assert float(distill_loss(t.clone(), t, labels, temperature=2.0, alpha=1.0)) == pytest.approx(
+        0.0, abs=1e-6
+    )
+    s = torch.randn(5, 11, requires_grad=True)
+    loss = distill_loss(s, t, labels, temperature=2.0, alpha=1.0)
+    loss.backward()
+    with torch.no_grad():  # a small step against the gradient brings the student closer
+        closer = distill_loss(s - 0.1 * s.grad, t, labels, temperature=2.0, alpha=1.0)
+    assert closer.item() < loss.item()
+    with pytest.raises(ValueError):
+        distill_loss(s, t, labels, temperature=0.0)
+
+
+def test_resume_from_checkpoint_gives_the_same_weights(data, tok_dir, tmp_path):
+    cfg = TrainConfig(preset="tiny", steps=6, batch_size=4, save_every=2, lr=1e-2, warmup=2)
+    kw = dict(tokenizer=tok_dir, evaluate_at_end=False, progress=False)
+    train(cfg, data, tmp_path / "whole", **kw)
+    train(cfg, data, tmp_path / "split", stop_after=3, **kw)  # "interrupted" after step 3
+    state = torch.load(tmp_path / "split" / "checkpoint.pt", weights_only=False)
+    assert state["step"] == 3
+    train(cfg, data, tmp_path / "split", resume=True, **kw)
+    from safetensors.torch import load_file
+
+    whole = load_file(tmp_path / "whole" / "hf" / "model.safetensors")
+    split = load_file(tmp_path / "split" / "hf" / "model.safetensors")
+    assert whole.keys() == split.keys()
+    for key in whole:
+        assert torch.equal(whole[key], split[key]), key
+    steps = [json.loads(ln)["step"] for ln in (tmp_path / "split" / "log.jsonl").read_text().splitlines()]
+    assert steps == sorted(set(steps))  # no step trained twice
+
+
+def test_presets_have_the_promised_shapes():
+    moe, dense = PRESETS["act-moe"], PRESETS["act-dense"]
+    assert moe.is_moe and moe.num_experts == 8 and moe.num_experts_per_tok == 2
+    assert dense.intermediate_size == moe.num_experts_per_tok * moe.moe_intermediate_size
+    config = moe.hf_config(512, 0, 1)
+    assert config.output_router_logits and config.router_aux_loss_coef > 0
+    with pytest.raises(KeyError, match="act-moe"):
+        ModelArgs.from_name("nope")
+
+
+def test_miniature_pipeline_to_a_served_constrained_decision(data, tmp_path):
+    pytest.importorskip("optimum.exporters.onnx")
+    from _helpers import make_batcher
+
+    from agents.actions import action_schema, parse_action
+    from exports.onnx_export import export_model
+    from runtime.types import Constraint, Request, SamplingParams
+    from worlds.village import VillageAction
+
+    # Teacher: trains its own tokenizer on the data; held-out metrics come out at the end.
+    teacher_cfg = TrainConfig(preset="tiny-moe", steps=4, batch_size=4, eval_examples=8, vocab_size=512)
+    metrics = train(teacher_cfg, data, tmp_path / "teacher", progress=False)
+    for split in ("heldout_seed", "heldout_persona"):
+        assert metrics[split]["n"] == 8 and metrics[split]["loss"] > 0
+        assert sum(t for _, t in metrics[split]["by_action"].values()) == 8
+    teacher_hf = tmp_path / "teacher" / "hf"
+    # Student: distilled from the teacher, which it must share a tokenizer with.
+    student_cfg = TrainConfig(preset="tiny", steps=3, batch_size=4, eval_examples=4, teacher=str(teacher_hf))
+    train(student_cfg, data, tmp_path / "student", progress=False)
+    student_hf = tmp_path / "student" / "hf"
+    assert (student_hf / "tokenizer.json").read_text() == (teacher_hf / "tokenizer.json").read_text()
+
+    onnx_dir = export_model(student_hf, tmp_path / "onnx", "village-act-test", extra={"preset": "tiny"})
+    ex = data["heldout_persona"][0]
+    batcher = make_batcher(onnx_dir)
+    tok, eos, pad = runtime_tokenizer(student_hf)
+    assert batcher.tok.encode_prompt(ex.prompt) == tok.encode_prompt(ex.prompt)
+    constraint = Constraint.json_schema(action_schema(VillageAction))
+    sampling = SamplingParams(max_tokens=96, temperature=0.0)
+    result = batcher.run(
+        [Request(model="village-act-test", prompt=ex.prompt, sampling=sampling, constraint=constraint)]
+    )[0]
+    assert result.error is None
+    parse_action(VillageAction, result.text)  # a legal action, whatever the barely trained model thinks
+    # Unconstrained, the exported model's greedy tokens are the torch model's.
+    from transformers import AutoModelForCausalLM
+
+    student = AutoModelForCausalLM.from_pretrained(student_hf).eval()
+    enc = encode_split(tok, [ex], eos, prefix=[])
+    ref = greedy_decode(student, [], [enc.suffix[0][: enc.n_prompt[0]]], eos, pad, max_new=8)[0]
+    plain = batcher.run(
+        [Request(model="village-act-test", prompt=ex.prompt, sampling=SamplingParams(max_tokens=8))]
+    )
+    assert plain[0].token_ids == [t for t in ref if t != eos]
+
+
+def test_training_refuses_examples_longer_than_the_context(data, tok_dir, tmp_path, monkeypatch):
+    monkeypatch.setitem(PRESETS, "short", replace(PRESETS["tiny"], max_position_embeddings=256))
+    cfg = TrainConfig(preset="short", steps=1, batch_size=2)
+    with pytest.raises(ValueError, match="holds 256"):
+        train(cfg, data, tmp_path / "short", tokenizer=tok_dir, evaluate_at_end=False, progress=False)
