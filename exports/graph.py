@@ -159,11 +159,15 @@ def save_onnx(model: onnx.ModelProto, path: str | Path) -> Path:
     """Check ``model`` with ``onnx.checker`` and save it (weights in a side file past protobuf's limit)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    # onnx appends to an existing weights file; the model in memory already holds every tensor.
+    path.with_name(path.name + "_data").unlink(missing_ok=True)
     if model.ByteSize() < _EXTERNAL_DATA_BYTES:
         onnx.checker.check_model(model)
         onnx.save(model, str(path))
     else:
-        onnx.save(model, str(path), save_as_external_data=True, location=path.name + ".data")
+        onnx.save(
+            model, str(path), save_as_external_data=True, location=path.name + "_data"
+        )  # optimum's name
         onnx.checker.check_model(str(path))  # by path: the in-memory proto is too big for the checker
     return path
 
@@ -205,11 +209,12 @@ def last_token_logits(src_onnx: str | Path, dst_onnx: str | Path) -> Path:
         raise GraphRewriteError(f"{src_onnx}: 'logits' already has one position per row")
 
     # Walk back from the output through position-wise ops to the LM head MatMul(hidden, W (D, V)).
-    tensor, head = "logits", None
+    tensor, head, chain = "logits", None, []
     while head is None:
         node = index.producer.get(tensor)
         if node is None:
             break
+        chain.append(node)
         if node.op_type == "MatMul" and (w := index.const(node.input[1])) is not None and w.ndim == 2:
             head = node
         elif node.op_type in _POSITIONWISE_OPS:
@@ -226,6 +231,11 @@ def last_token_logits(src_onnx: str | Path, dst_onnx: str | Path) -> Path:
             f"followed only by position-wise ops; stopped at {index.op(tensor)!r} producing {tensor!r})"
         )
 
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if opset < 10:
+        raise GraphRewriteError(
+            f"{src_onnx}: opset {opset} is too old for Slice with tensor inputs (needs 10)"
+        )
     hidden = head.input[0]
     last = f"{hidden}/last_position"
     names = {k: f"last_token_logits/{k}" for k in ("starts", "ends", "axes")}
@@ -246,9 +256,8 @@ def last_token_logits(src_onnx: str | Path, dst_onnx: str | Path) -> Path:
     graph.node.insert(index.position[head.name], slice_node)
     dims[1].Clear()
     dims[1].dim_value = 1
-    # Inferred shapes of the head's downstream tensors would now be stale.
-    stale = {o for n in graph.node for o in n.output if n.name == head.name}
-    stale |= {o.name for o in graph.output}
+    # Inferred shapes recorded for the head and what follows it now have a stale S dimension.
+    stale = {o for n in chain for o in n.output}
     kept = [v for v in graph.value_info if v.name not in stale]
     del graph.value_info[:]
     graph.value_info.extend(kept)
@@ -283,18 +292,18 @@ def rewrite_model_dir(
     manifest: dict[str, Any] = json.loads((src / MANIFEST).read_text()) if (src / MANIFEST).exists() else {}
     if dst.exists():
         shutil.rmtree(dst)
+    # Everything but the graph and its weights is copied; the rewrites write dst/model.onnx themselves.
     shutil.copytree(src, dst, ignore=shutil.ignore_patterns(MANIFEST, "model.onnx", "model.onnx_data"))
-    onnx_path = dst / "model.onnx"
-    shutil.copy(src / "model.onnx", onnx_path)
-    if (src / "model.onnx_data").exists():
-        shutil.copy(src / "model.onnx_data", dst / "model.onnx_data")
-    done = []
+    current, target, done = src / "model.onnx", dst / "model.onnx", []
     if sparse_moe and int(config.get("num_experts") or 0) > 0:
-        sparsify_moe(onnx_path, onnx_path, config)
+        sparsify_moe(current, target, config)
+        current = target
         done.append("sparse_moe")
     if last_token:
-        last_token_logits(onnx_path, onnx_path)
+        last_token_logits(current, target)
         done.append("last_token_logits")
+    if not done:
+        save_onnx(load_onnx(current), target)
     extra = {k: v for k, v in manifest.items() if k not in ("files", "format_version", "name")}
     extra["graph_rewrites"] = done
     write_manifest(dst, name or str(manifest.get("name", src.name)), extra)
@@ -304,7 +313,7 @@ def rewrite_model_dir(
 # ----------------------------------------------------------------------------------------- benchmarks
 
 
-def _session(path: Path, threads: int):
+def ort_session(path: Path, threads: int):
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -340,7 +349,7 @@ def time_session(session, feeds: dict[str, np.ndarray], min_seconds: float = 1.0
     return float(np.median(times))
 
 
-def _compare(
+def compare_graphs(
     label: str,
     base_path: Path,
     new_path: Path,
@@ -349,7 +358,7 @@ def _compare(
     threads: int,
 ) -> list[dict[str, Any]]:
     """Time two graphs on the same feeds, alternating so machine load hits both alike."""
-    base, new = _session(base_path, threads), _session(new_path, threads)
+    base, new = ort_session(base_path, threads), ort_session(new_path, threads)
     rows = []
     for case, batch, n_new, past in cases:
         feeds = model_feeds(base, batch, n_new, past, vocab)
@@ -416,90 +425,6 @@ def build_random_model(arch: str, out_dir: str | Path, seed: int = 0, **sizes: A
     return export_model(out / "hf", out / "onnx", f"bench-{arch}", extra={"built_by": "exports.graph"})
 
 
-def profile_parts(
-    path: Path, feeds: dict[str, np.ndarray], threads: int = 1, runs: int = 10
-) -> dict[str, float]:
-    """Milliseconds per run spent in each part of an optimum graph, from ONNX Runtime's profiler.
-
-    Parts go by optimum's node names: ``moe`` (``/mlp/`` nodes and the rewrite's ``moe.*`` nodes),
-    ``attention`` (``/self_attn/``), ``lm_head`` (``/lm_head/`` and the last-position slice), ``other``.
-    """
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.enable_profiling = True
-    opts.profile_file_prefix = str(path.parent / "ort_profile")
-    session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    for _ in range(runs):
-        session.run(None, feeds)
-    trace = Path(session.end_profiling())
-    parts = dict.fromkeys(("moe", "attention", "lm_head", "other"), 0.0)
-    for event in json.loads(trace.read_text()):
-        name = event.get("name", "")
-        if event.get("cat") != "Node" or not name.endswith("_kernel_time"):
-            continue
-        if "/mlp/" in name or name.startswith("moe."):
-            part = "moe"
-        elif "/self_attn/" in name:
-            part = "attention"
-        elif "lm_head" in name or name.startswith("last_token_logits"):
-            part = "lm_head"
-        else:
-            part = "other"
-        parts[part] += event["dur"] / 1e3 / runs  # the trace is in microseconds
-    trace.unlink()
-    return parts
-
-
-def bench_moe(
-    out_dir: str | Path,
-    threads: int = 1,
-    hidden: int = 256,
-    layers: int = 4,
-    experts: int = 8,
-    moe_intermediate: int = 512,
-    k: int = 2,
-    seed: int = 0,
-) -> list[dict[str, Any]]:
-    """Time optimum's qwen3_moe graph against its :func:`~exports.moe_graph.sparsify_moe` rewrite.
-
-    Both graphs run the same feeds in the same process (decode at batch 1 and 64, and a prefill),
-    alternating; the MoE blocks' own share comes from ONNX Runtime's profiler. Prints ratios.
-
-    Returns:
-        One dict per case: shapes, milliseconds per pass, tokens/s, whole-graph and MoE-block speed-ups.
-    """
-    from exports.moe_graph import sparsify_moe
-
-    out = Path(out_dir)
-    onnx_dir = build_random_model(
-        "qwen3_moe", out, seed, hidden_size=hidden, num_hidden_layers=layers, num_experts=experts,
-        num_experts_per_tok=k, moe_intermediate_size=moe_intermediate, intermediate_size=moe_intermediate,
-    )  # fmt: skip
-    dense, sparse = onnx_dir / "model.onnx", out / "sparse" / "model.onnx"
-    report = sparsify_moe(dense, sparse, onnx_dir / "config.json")
-    print(
-        f"qwen3_moe D={hidden} layers={layers} E={experts} A={k} I={moe_intermediate}: "
-        f"{report.nodes_before} nodes -> {report.nodes_after} ({report.blocks} MoE nodes), {threads} thread(s)"
-    )
-    cases = [("decode", 1, 1, 64), ("decode", 64, 1, 64), ("prefill", 4, 64, 0)]
-    rows = _compare("moe", dense, sparse, cases, vocab=2048, threads=threads)
-    probe = _session(dense, threads)
-    for row in rows:
-        feeds = model_feeds(probe, row["batch"], row["new_tokens"], row["past"], 2048)
-        base, new = profile_parts(dense, feeds, threads), profile_parts(sparse, feeds, threads)
-        row["base_moe_ms"], row["new_moe_ms"] = base["moe"], new["moe"]
-        row["moe_speedup"] = base["moe"] / new["moe"]
-        row["base_parts_ms"] = base
-        print(
-            f"moe {row['case']:8s} B={row['batch']:3d}: MoE blocks {base['moe']:7.2f} ms -> {new['moe']:7.2f} ms "
-            f"(x{row['moe_speedup']:.2f}); the all-experts graph spends {base['attention']:.2f} ms in "
-            f"attention, {base['other'] + base['lm_head']:.2f} ms elsewhere (profiled)"
-        )
-    return rows
-
-
 def bench_logits(
     out_dir: str | Path,
     threads: int = 1,
@@ -518,7 +443,7 @@ def bench_logits(
     last_token_logits(full, last)
     print(f"llama V={vocab} D={hidden} layers={layers}, {threads} thread(s)")
     cases = [("prefill", 1, 128, 0), ("prefill", 8, 64, 0), ("decode", 64, 1, 64)]
-    return _compare("logits", full, last, cases, vocab=vocab, threads=threads)
+    return compare_graphs("logits", full, last, cases, vocab=vocab, threads=threads)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -535,6 +460,8 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(args.out) if args.out else Path(tmp)
         if args.command == "bench-moe":
+            from exports.moe_graph import bench_moe
+
             bench_moe(out, threads=args.threads)
         else:
             bench_logits(out, threads=args.threads, vocab=args.vocab)

@@ -198,3 +198,19 @@ def test_sparsify_in_place_then_manifest(tiny_models, tmp_path):
     sparsify_moe(dst / "model.onnx", dst / "model.onnx", dst / "config.json")
     write_manifest(dst, "tiny-moe-sparse")
     assert load_model_dir(dst).name == "tiny-moe-sparse"
+
+
+def test_bench_helpers_build_a_graph_without_the_moe_blocks(sparse_moe, tmp_path):
+    """bench-moe times the rest of the model with a graph whose MoE nodes pass their input through."""
+    from exports.graph import model_feeds, ort_session
+    from exports.moe_graph import without_moe
+
+    path, config, _ = sparse_moe
+    rest = without_moe(path, tmp_path / "rest.onnx")
+    assert "MoE" not in {n.op_type for n in onnx.load(str(rest)).graph.node}
+    sparse_sess, rest_sess = ort_session(path, 1), ort_session(rest, 1)
+    feeds = model_feeds(sparse_sess, batch=2, new=1, past=5, vocab=config["vocab_size"])
+    assert feeds["past_key_values.0.key"].shape == (2, config["num_key_value_heads"], 5, config["head_dim"])
+    with_moe, no_moe = sparse_sess.run(["logits"], feeds)[0], rest_sess.run(["logits"], feeds)[0]
+    assert with_moe.shape == no_moe.shape == (2, 1, config["vocab_size"])
+    assert np.abs(with_moe - no_moe).max() > 1e-3  # the experts did contribute
