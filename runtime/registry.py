@@ -28,6 +28,8 @@ def installed_models() -> dict[str, Path]:
         if not root.is_dir():
             continue
         for d in sorted(root.iterdir()):
+            if not (d / MANIFEST).is_file() and (d / "onnx" / MANIFEST).is_file():
+                d = d / "onnx"  # an imported model: <name>/onnx next to <name>/hf
             m = d / MANIFEST
             if m.is_file():
                 try:

@@ -198,7 +198,7 @@ def _hf_model(art):
     import torch  # noqa: F401 - the train extra
     from transformers import AutoModelForCausalLM
 
-    hf_dir = art.path.parent / "hf"
+    hf_dir = Path(art.manifest.get("hf_dir") or art.path.parent / "hf")
     if not (hf_dir / "config.json").exists():
         raise FileNotFoundError(
             f"the transformers baselines need the model's transformers weights in {hf_dir}; "
