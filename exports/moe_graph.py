@@ -262,14 +262,14 @@ def locate_moe_blocks(model: onnx.ModelProto, src: str | Path = "model") -> list
         experts_of[x].append(Expert(e, wg, wu, wd, node.output[0]))
 
     blocks = []
-    for x, (_matmul, softmax, topk) in by_x.items():
+    for x, (matmul, softmax, topk) in by_x.items():
         experts = sorted(experts_of[x], key=lambda e: e.index)
         where = f"{src}: MoE block with router {softmax.name!r}"
         if not experts:
             raise GraphRewriteError(
                 f"{where}: no SwiGLU expert MLPs (down(silu(gate(h)) * up(h))) read its rows"
             )
-        n_exp = index.const(_matmul.input[1]).shape[1]
+        n_exp = index.const(matmul.input[1]).shape[1]  # W_router (D, E)
         if [e.index for e in experts] != list(range(n_exp)):
             raise GraphRewriteError(
                 f"{where}: router has {n_exp} experts but found expert indices {[e.index for e in experts]}"
