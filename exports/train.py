@@ -58,6 +58,7 @@ class TrainConfig:
         grad_clip: gradient norm clip.
         seed: seeds the initial weights and the order of examples.
         save_every: checkpoint interval in steps.
+        log_every: interval of the ``log.jsonl`` records.
         eval_examples: examples evaluated per held-out split (0: all).
         vocab_size: BPE vocabulary when the tokenizer is trained here.
         threads: torch intra-op threads (the machine is shared).
@@ -77,6 +78,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     seed: int = 0
     save_every: int = 100
+    log_every: int = 10
     eval_examples: int = 600
     vocab_size: int = 1536
     threads: int = 1
@@ -198,6 +200,13 @@ def _save_checkpoint(path: Path, model: Any, opt: torch.optim.Optimizer, step: i
     os.replace(tmp, path)  # atomic: an interruption mid-save keeps the previous checkpoint
 
 
+def _truncate_log(path: Path, step: int) -> None:
+    """Drop log records after ``step``: a run killed between checkpoints logged steps it will redo."""
+    if path.exists():
+        keep = [ln for ln in path.read_text().splitlines() if json.loads(ln)["step"] <= step]
+        path.write_text("".join(ln + "\n" for ln in keep))
+
+
 def _prepare_tokenizer(
     cfg: TrainConfig, data: ActDataset, hf_dir: Path, tokenizer: str | Path | None
 ) -> None:
@@ -280,6 +289,7 @@ def train(
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optim"])
         start = state["step"]
+        _truncate_log(out / "log.jsonl", start)
     end = min(cfg.steps, stop_after) if stop_after is not None else cfg.steps
     model.train()
     log = (out / "log.jsonl").open("a")
@@ -308,7 +318,7 @@ def train(
         ce_val = ce.item()
         loss_ema = ce_val if loss_ema is None else 0.95 * loss_ema + 0.05 * ce_val
         bar.set_postfix(ce=f"{loss_ema:.4f}", lr=f"{lr_at(cfg, step):.1e}")
-        if (step + 1) % 10 == 0:
+        if (step + 1) % cfg.log_every == 0:
             rec = {
                 "step": step + 1,
                 "ce": ce_val,

@@ -158,12 +158,14 @@ def test_distill_loss():
 
 
 def test_resume_from_checkpoint_gives_the_same_weights(data, tok_dir, tmp_path):
-    cfg = TrainConfig(preset="tiny", steps=6, batch_size=4, save_every=2, lr=1e-2, warmup=2)
+    cfg = TrainConfig(preset="tiny", steps=6, batch_size=4, save_every=2, log_every=1, lr=1e-2, warmup=2)
     kw = dict(tokenizer=tok_dir, evaluate_at_end=False, progress=False)
     train(cfg, data, tmp_path / "whole", **kw)
     train(cfg, data, tmp_path / "split", stop_after=3, **kw)  # "interrupted" after step 3
     state = torch.load(tmp_path / "split" / "checkpoint.pt", weights_only=False)
     assert state["step"] == 3
+    with (tmp_path / "split" / "log.jsonl").open("a") as f:  # killed after logging step 4, unsaved
+        f.write(json.dumps({"step": 4, "ce": 0.0}) + "\n")
     train(cfg, data, tmp_path / "split", resume=True, **kw)
     from safetensors.torch import load_file
 
@@ -173,7 +175,7 @@ def test_resume_from_checkpoint_gives_the_same_weights(data, tok_dir, tmp_path):
     for key in whole:
         assert torch.equal(whole[key], split[key]), key
     steps = [json.loads(ln)["step"] for ln in (tmp_path / "split" / "log.jsonl").read_text().splitlines()]
-    assert steps == sorted(set(steps))  # no step trained twice
+    assert steps == [1, 2, 3, 4, 5, 6]  # each step logged once, the unsaved step 4 redone
 
 
 def test_presets_have_the_promised_shapes():
