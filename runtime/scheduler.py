@@ -18,6 +18,7 @@ import threading
 from concurrent.futures import Future
 from dataclasses import dataclass, replace
 
+from runtime.cascade import Cascade
 from runtime.policy import split_for_replicas
 from runtime.types import Request, Result
 from runtime.worker import ModelWorkerImpl, WorkerConfig
@@ -75,6 +76,7 @@ class _Call:
     requests: list[Request]
     futures: list[Future]
     attempt: int = 0
+    cascades: list[Cascade | None] | None = None  # per request: escalate its result?
 
 
 class Scheduler:
@@ -84,9 +86,17 @@ class Scheduler:
         models: the models to serve.
         address: a Ray cluster to join; ``None`` starts Ray locally when needed.
         max_retries: times a batch is re-sent after its replica died.
+        cascades: virtual models served by a student that escalates to a teacher
+            (:class:`runtime.cascade.Cascade`); both must be among ``models``.
     """
 
-    def __init__(self, models: list[ModelSpec], address: str | None = None, max_retries: int = 3):
+    def __init__(
+        self,
+        models: list[ModelSpec],
+        address: str | None = None,
+        max_retries: int = 3,
+        cascades: list[Cascade] | None = None,
+    ):
         ensure_ray(address)
         self.specs: dict[str, ModelSpec] = {}
         self.replicas: dict[str, list] = {}
@@ -99,6 +109,16 @@ class Scheduler:
                 raise ValueError(f"model {name!r} given twice")
             self.specs[name] = spec
             self.replicas[name] = [self._start_replica(spec) for _ in range(spec.replicas)]
+        self.cascades: dict[str, Cascade] = {}
+        for c in cascades or []:
+            for m in (c.student, c.teacher):
+                if m not in self.specs:
+                    raise ValueError(
+                        f"cascade {c.name!r}: model {m!r} is not served (serving: {', '.join(self.specs)})"
+                    )
+            self.cascades[c.name] = c
+        self.escalations = 0
+        self.cascade_requests = 0
         import ray
 
         ray.get(
@@ -149,14 +169,20 @@ class Scheduler:
 
         while not self._closed.is_set():
             pending = self._receive(block=not self._calls)
-            if pending:
-                self._dispatch(pending)
-            if self._calls:
-                done, _ = ray.wait(
-                    list(self._calls), num_returns=len(self._calls), timeout=0.002, fetch_local=False
-                )
-                for ref in done:
-                    self._collect(ref, self._calls.pop(ref))
+            try:
+                if pending:
+                    self._dispatch(pending)
+                if self._calls:
+                    done, _ = ray.wait(
+                        list(self._calls), num_returns=len(self._calls), timeout=0.002, fetch_local=False
+                    )
+                    for ref in done:
+                        self._collect(ref, self._calls.pop(ref))
+            except Exception as e:  # a scheduler bug must not leave callers waiting forever
+                log.exception("scheduler loop failed")
+                for req, fut in pending:
+                    if not fut.done():
+                        fut.set_result(_error(req, f"scheduler error: {type(e).__name__}: {e}"))
 
     def _receive(self, block: bool) -> list[tuple[Request, Future]]:
         items: list[tuple[Request, Future]] = []
@@ -169,19 +195,28 @@ class Scheduler:
         return items
 
     def _dispatch(self, items: list[tuple[Request, Future]], attempt: int = 0) -> None:
-        by_model: dict[str, list[tuple[Request, Future]]] = {}
+        by_model: dict[str, list[tuple[Request, Future, Cascade | None]]] = {}
         for req, fut in items:
+            cascade = self.cascades.get(req.model)
+            if cascade is not None:
+                self.cascade_requests += 1
+                by_model.setdefault(cascade.student, []).append((cascade.to_student(req), fut, cascade))
+                continue
             if req.model not in self.specs:
                 fut.set_result(
                     _error(req, f"unknown model {req.model!r}; serving: {', '.join(self.specs) or 'none'}")
                 )
                 continue
-            by_model.setdefault(req.model, []).append((req, fut))
+            by_model.setdefault(req.model, []).append((req, fut, None))
         for model, group in by_model.items():
-            futs = {r.id: f for r, f in group}
+            meta = {r.id: (f, c) for r, f, c in group}
             replicas = self.replicas[model]
-            for i, chunk in enumerate(split_for_replicas([r for r, _ in group], len(replicas))):
-                self._send(_Call(model, replicas[i], chunk, [futs[r.id] for r in chunk], attempt))
+            for i, chunk in enumerate(split_for_replicas([r for r, _, _ in group], len(replicas))):
+                futs = [meta[r.id][0] for r in chunk]
+                cascades = [meta[r.id][1] for r in chunk]
+                self._send(
+                    _Call(model, replicas[i], chunk, futs, attempt, cascades if any(cascades) else None)
+                )
 
     def _send(self, call: _Call) -> None:
         ref = call.replica.generate.remote(call.requests)
@@ -199,9 +234,17 @@ class Scheduler:
         except Exception as e:  # a bug inside the worker: report per request, keep serving
             log.exception("worker call failed")
             results = [_error(r, f"worker error: {type(e).__name__}: {e}") for r in call.requests]
-        for fut, res in zip(call.futures, results):
+        escalate = []
+        for i, (fut, res) in enumerate(zip(call.futures, results)):
+            cascade = call.cascades[i] if call.cascades else None
+            if cascade is not None and cascade.escalate(res):
+                escalate.append((cascade.to_teacher(call.requests[i]), fut))
+                continue
             self.requests_served += 1
             fut.set_result(res)
+        if escalate:
+            self.escalations += len(escalate)
+            self._dispatch(escalate)
 
     def _on_replica_failure(self, call: _Call, err: Exception) -> None:
         log.warning(
@@ -227,7 +270,7 @@ class Scheduler:
             return
         live = [r for r in reps if r is not call.replica]
         target = live[(call.attempt + idx) % len(live)] if live else reps[0]
-        self._send(_Call(call.model, target, call.requests, call.futures, call.attempt + 1))
+        self._send(_Call(call.model, target, call.requests, call.futures, call.attempt + 1, call.cascades))
 
     # ---- introspection and shutdown -------------------------------------------------------------
     def worker_stats(self) -> list[dict]:

@@ -94,3 +94,27 @@ def test_worker_killed_mid_batch_still_gives_results(scheduler, tiny_models):
     assert victim not in scheduler.replicas["tiny"]
     local = make_batcher(tiny_models["qwen3"], cache=False).run(batch[:3])
     assert [r.token_ids for r in results[:3]] == [r.token_ids for r in local]
+
+
+@pytest.mark.parametrize("threshold", [0.0, 1.0])
+def test_cascade_escalates_unsure_answers_to_the_teacher(ray_session, tiny_models, threshold):
+    from runtime.cascade import Cascade, confidence
+
+    specs = [
+        ModelSpec(WorkerConfig(str(tiny_models["qwen3"]), name="student", threads=1), num_cpus=0.25),
+        ModelSpec(WorkerConfig(str(tiny_models["llama"]), name="teacher", threads=1), num_cpus=0.25),
+    ]
+    with Scheduler(specs, cascades=[Cascade("act", "student", "teacher", threshold)]) as s:
+        batch = [r.model_copy(update={"model": "act"}) for r in reqs(6)]
+        results = s.generate(batch, timeout=120)
+        assert all(r.ok for r in results)
+        if threshold == 0.0:
+            assert {r.model for r in results} == {"student"} and s.escalations == 0
+        else:
+            assert {r.model for r in results} == {"teacher"} and s.escalations == 6
+        direct = s.generate([r.model_copy(update={"model": "student"}) for r in batch], timeout=120)
+        assert all(0.0 < confidence(r) <= 1.0 for r in direct)
+    with pytest.raises(ValueError, match="is not served"):
+        Scheduler(specs[:1], cascades=[Cascade("x", "student", "nobody")])
+    with pytest.raises(ValueError, match="threshold"):
+        Cascade("x", "a", "b", threshold=1.5)
