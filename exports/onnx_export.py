@@ -1,7 +1,9 @@
 """Export a Hugging Face causal LM directory to a runnable murmurate model directory.
 
 Uses optimum's ``text-generation-with-past`` export, copies the tokenizer files, and writes the
-manifest (:func:`runtime.artifacts.write_manifest`) with parameter counts.
+manifest (:func:`runtime.artifacts.write_manifest`) with parameter counts. Models whose attention
+:mod:`exports.attention` handles are exported with grouped-query attention (no K/V repeated per query
+head in the graph); others go through plain optimum ``main_export``.
 """
 
 from __future__ import annotations
@@ -49,10 +51,13 @@ def export_model(
         name: the model's name in the manifest.
         extra: more manifest fields (how it was built, evaluation results...).
 
+    Returns:
+        ``out_dir`` as a path.
+
     Raises:
         ValueError: if the architecture is not one optimum exports for us.
     """
-    from optimum.exporters.onnx import main_export
+    from exports.attention import export_grouped, grouped_export_unsupported
 
     hf_dir, out_dir = Path(hf_dir), Path(out_dir)
     config = json.loads((hf_dir / "config.json").read_text())
@@ -62,17 +67,36 @@ def export_model(
         )
     if out_dir.exists():
         shutil.rmtree(out_dir)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        main_export(str(hf_dir), output=str(out_dir), task="text-generation-with-past", device="cpu")
+    why_not = grouped_export_unsupported(config)
+    if why_not is None:
+        export_grouped(hf_dir, out_dir)
+        attention = "grouped"
+    else:
+        log.info("exporting %s with optimum's default attention: %s", name, why_not)
+        _export_optimum(hf_dir, out_dir)
+        attention = "optimum-default"
     for fname in TOKENIZER_FILES:
         if (hf_dir / fname).exists() and not (out_dir / fname).exists():
             shutil.copy(hf_dir / fname, out_dir / fname)
     total = _total_parameters(hf_dir)
-    fields = {"parameters": total, "active_parameters": count_parameters(config, total), **(extra or {})}
+    fields = {
+        "parameters": total,
+        "active_parameters": count_parameters(config, total),
+        "attention": attention,
+        **(extra or {}),
+    }
     write_manifest(out_dir, name, fields)
     log.info("exported %s (%s, %d params) to %s", name, config.get("model_type"), total, out_dir)
     return out_dir
+
+
+def _export_optimum(hf_dir: Path, out_dir: Path) -> None:
+    """Plain optimum export (transformers' default attention, K/V repeated per query head)."""
+    from optimum.exporters.onnx import main_export
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        main_export(str(hf_dir), output=str(out_dir), task="text-generation-with-past", device="cpu")
 
 
 def _total_parameters(hf_dir: Path) -> int:
