@@ -166,6 +166,24 @@ def cmd_bench_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_village(args: argparse.Namespace) -> int:
+    from runtime.bench.village import VillageBenchConfig, run_village_bench
+
+    counts = tuple(int(x) for x in args.agents.split(","))
+    cfg = VillageBenchConfig(
+        counts=(10, 50) if args.quick else counts,
+        ticks=1 if args.quick else args.ticks,
+        model=args.model,
+        teacher=None if args.no_teacher else args.teacher,
+        baseline_agents=10 if args.quick else args.baseline_agents,
+        hf_sample=4 if args.quick else args.hf_sample,
+        workers=args.workers,
+        threads=args.threads,
+    )
+    run_village_bench(cfg, args.json, args.plot, console=console)
+    return 0
+
+
 # ---- models -------------------------------------------------------------------------------------
 def cmd_models_list(args: argparse.Namespace) -> int:
     from runtime.artifacts import ModelError, load_model_dir
@@ -258,6 +276,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads (0: all cores)")
     serve.set_defaults(fn=cmd_bench_serve)
+    village = bsub.add_parser("village", help="the village headless at growing agent counts, with baselines")
+    village.add_argument("--agents", default="10,100,1000", help="comma list of agent counts")
+    village.add_argument(
+        "--ticks", type=int, default=3, help="timed ticks per count (after one warm-up tick)"
+    )
+    village.add_argument("--model", default="village-act", help="the act model (name or directory)")
+    village.add_argument("--teacher", default="village-act-teacher", help="teacher of the cascade baseline")
+    village.add_argument("--no-teacher", action="store_true", help="skip the cascade baseline")
+    village.add_argument(
+        "--baseline-agents", type=int, default=100, help="agent count of the baselines (0: none)"
+    )
+    village.add_argument("--hf-sample", type=int, default=16, help="agents timed for per_agent_hf")
+    village.add_argument("--workers", type=int, default=1)
+    village.add_argument("--threads", type=int, default=0)
+    village.add_argument("--quick", action="store_true", help="10 and 50 agents, one tick (smoke test)")
+    village.add_argument("--json", default=None)
+    village.add_argument("--plot", default=None, help="write a PNG plot here")
+    village.set_defaults(fn=cmd_bench_village)
 
     models = sub.add_parser("models", help="list and import models")
     msub = models.add_subparsers(dest="models", required=True)

@@ -157,6 +157,7 @@ class ModelWorkerImpl:
             "cache_bytes": cache.total_bytes if cache else 0,
             "cache_tokens": cache.total_tokens if cache else 0,
             "providers": self.batcher.engine.providers,
+            "peak_rss_mb": peak_rss_mb(),
         }
 
     def ping(self) -> str:
@@ -164,6 +165,13 @@ class ModelWorkerImpl:
 
     def shutdown(self) -> None:
         self._stop.set()
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory in MB."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux reports KiB
 
 
 def _resolve(fut, value) -> None:

@@ -134,3 +134,34 @@ def test_model_brain_without_scheduler_is_a_clear_error():
     sim = Simulation(world, ModelBrain(world, model="x"))
     with pytest.raises(RuntimeError, match="needs a scheduler"):
         sim.step()
+
+
+def test_bench_village_quick_writes_json_and_plot(ray_session, tiny_models, tmp_path):
+    out = tmp_path / "bv.json"
+    args = [
+        "bench",
+        "village",
+        "--quick",
+        "--model",
+        str(tiny_models["qwen3"]),
+        "--teacher",
+        str(tiny_models["llama"]),
+    ]
+    assert cli_main([*args, "--json", str(out), "--plot", str(tmp_path / "bv.png")]) == 0
+    data = json.loads(out.read_text())
+    assert [r["agents"] for r in data["runs"]] == [10, 50]
+    for r in data["runs"]:
+        assert set(r) >= {
+            "agents",
+            "ticks_per_s",
+            "decisions_per_s",
+            "prefix_hit_ratio",
+            "p50_ms",
+            "p99_ms",
+            "overhead_share",
+            "peak_rss_mb",
+        }
+        assert r["decisions_per_s"] > 0 and 0 <= r["overhead_share"] <= 1
+    assert set(data["baselines"]) == {"per_agent_hf", "runtime_no_cache", "runtime_cache", "cascade"}
+    assert data["baselines"]["per_agent_hf"]["vs_per_agent_hf"] == 1.0
+    assert (tmp_path / "bv.png").stat().st_size > 10_000

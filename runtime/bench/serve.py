@@ -100,7 +100,7 @@ def run_serve_bench(
     prompts = build_prompts(tok, w)
     ids = [tok.encode_prompt(p) for p in prompts]
     console.print(
-        f"model [bold]{art.name}[/bold] ({art.manifest.get('parameters', '?'):,} params) — {w.requests} requests × "
+        f"model [bold]{art.name}[/bold] ({_params(art.manifest)} params) — {w.requests} requests × "
         f"({w.prefix_tokens} shared + {w.suffix_tokens} own) prompt tokens, {w.new_tokens} new tokens each"
     )
     sampling = SamplingParams(max_tokens=w.new_tokens, ignore_eos=True)
@@ -183,6 +183,11 @@ def run_serve_bench(
     }
     write_json(json_path, result)
     return result
+
+
+def _params(manifest: dict) -> str:
+    n = manifest.get("parameters")
+    return f"{n:,}" if isinstance(n, int) else "?"
 
 
 def _machine() -> dict:

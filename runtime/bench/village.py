@@ -1,0 +1,281 @@
+"""``murmurate bench village``: the village headless at growing agent counts, with baselines.
+
+For each agent count the village runs with the model brain (one warm-up tick, then ``ticks`` timed
+ticks; no rendering) and reports ticks/s, decisions/s, prompt and generated tokens/s, prefix hit
+ratio, p50/p99 decision latency, the share of wall time spent outside the engine (scheduling, Ray,
+prompt building, parsing, world step) and peak RSS (driver + workers).
+
+At one agent count the same tick is also served by the baselines, in the same run:
+``per_agent_hf`` (each agent's prompt sent alone to transformers ``generate`` — how agent
+simulators call a model once per agent), ``runtime_no_cache``, ``runtime_cache`` and ``cascade``
+(student, escalating unsure answers to the MoE teacher).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+
+from runtime.bench.common import print_table, write_json
+
+
+@dataclass
+class VillageBenchConfig:
+    counts: tuple[int, ...] = (10, 100, 1000)
+    ticks: int = 3
+    model: str = "village-act"
+    teacher: str | None = "village-act-teacher"
+    baseline_agents: int = 100
+    hf_sample: int = 16  # per-agent transformers calls timed (it is slow; the rate extrapolates)
+    workers: int = 1
+    threads: int = 0
+    seed: int = 0
+    cascade_threshold: float = 0.9
+
+
+def _scheduler(models: list[tuple[str, Path]], cache: bool, cfg: VillageBenchConfig, cascades=None):
+    from runtime.scheduler import ModelSpec, Scheduler
+    from runtime.worker import WorkerConfig
+
+    specs = [
+        ModelSpec(
+            WorkerConfig(
+                str(path),
+                name=name,
+                threads=cfg.threads,
+                cache_bytes=(1 << 30) if cache else 0,
+                max_batch_size=256,
+            ),
+            replicas=cfg.workers,
+            num_cpus=0.5,
+        )
+        for name, path in models
+    ]
+    return Scheduler(specs, cascades=cascades)
+
+
+def _world(n: int, seed: int):
+    from worlds import make_world
+
+    world = make_world("village", agents=n, seed=seed)
+    world.reset(seed=seed)
+    return world
+
+
+def _run_count(n: int, name: str, serve_name: str, scheduler, cfg: VillageBenchConfig) -> dict:
+    """Warm-up tick, then ``cfg.ticks`` timed ticks of an ``n``-agent village."""
+    from agents.mind import ModelBrain
+    from runtime.simulation import Simulation
+
+    world = _world(n, cfg.seed)
+    sim = Simulation(world, ModelBrain(world, model=serve_name), scheduler.generate, world_name="village")
+    sim.step()  # warm-up: grammar compilation, cold prefix cache
+    before = _engine_seconds(scheduler)
+    ms = [sim.step() for _ in range(cfg.ticks)]
+    engine_s = _engine_seconds(scheduler) - before
+    wall = sum(m.wall_s for m in ms)
+    lat = np.concatenate([np.asarray(m.latencies_ms) for m in ms]) if ms else np.zeros(1)
+    decisions = sum(m.decisions for m in ms)
+    prompt = sum(m.prompt_tokens for m in ms)
+    stats = scheduler.worker_stats()
+    from runtime.worker import peak_rss_mb
+
+    return {
+        "agents": n,
+        "ticks": len(ms),
+        "ticks_per_s": len(ms) / wall,
+        "decisions_per_s": decisions / wall,
+        "prompt_tokens_per_s": prompt / wall,
+        "generated_tokens_per_s": sum(m.generated_tokens for m in ms) / wall,
+        "prefix_hit_ratio": sum(m.cached_tokens for m in ms) / prompt if prompt else None,
+        "p50_ms": float(np.percentile(lat, 50)),
+        "p99_ms": float(np.percentile(lat, 99)),
+        "overhead_share": max(0.0, 1.0 - engine_s / (wall * max(1, cfg.workers))),
+        "peak_rss_mb": peak_rss_mb() + sum(s["peak_rss_mb"] for s in stats),
+        "fallbacks": sum(m.fallbacks for m in ms),
+        "ms_per_decision": 1000 * wall / max(decisions, 1),
+    }
+
+
+def _engine_seconds(scheduler) -> float:
+    return sum(s["engine_s"] for s in scheduler.worker_stats())
+
+
+def _per_agent_hf(model_dir: Path, n: int, cfg: VillageBenchConfig, console: Console) -> dict:
+    """Each agent's prompt alone through transformers ``generate``, as many tokens as the runtime made."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from agents.mind import ModelBrain
+    from runtime.artifacts import load_model_dir
+    from runtime.tokenizer import Tokenizer
+
+    art = load_model_dir(model_dir)
+    hf_dir = Path(art.manifest.get("hf_dir") or art.path.parent / "hf")
+    if not (hf_dir / "config.json").exists():
+        raise FileNotFoundError(f"per_agent_hf needs the transformers weights of {art.name} in {hf_dir}")
+    model = AutoModelForCausalLM.from_pretrained(hf_dir).eval()
+    tok = Tokenizer(art.tokenizer_path, art.info.eos_token_ids)
+    world = _world(n, cfg.seed)
+    brain = ModelBrain(world, model=art.name)
+    reqs = brain.requests(world.observations())[: cfg.hf_sample]
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        for r in reqs:
+            ids = torch.tensor([tok.encode_prompt(r.segments)])
+            model.generate(ids, max_new_tokens=24, min_new_tokens=24, do_sample=False, pad_token_id=0)
+    wall = time.perf_counter() - t0
+    return {"decisions_per_s": len(reqs) / wall, "sampled_agents": len(reqs), "new_tokens_each": 24}
+
+
+def run_village_bench(
+    cfg: VillageBenchConfig,
+    json_path: str | Path | None = None,
+    plot_path: str | Path | None = None,
+    console: Console | None = None,
+) -> dict:
+    """Run the village benchmark; prints tables, returns (and optionally writes) the JSON."""
+    from runtime.cascade import Cascade
+    from runtime.cli import resolve_model
+
+    console = console or Console(width=120)
+    student_dir = resolve_model(cfg.model)
+    from runtime.artifacts import load_model_dir
+
+    student = load_model_dir(student_dir).name
+    runs = []
+    with _scheduler([(student, student_dir)], cache=True, cfg=cfg) as sched:
+        for n in cfg.counts:
+            with console.status(f"{n} agents…"):
+                r = _run_count(n, student, student, sched, cfg)
+            console.print(
+                f"  {n:>6} agents: {r['decisions_per_s']:8.1f} decisions/s, p99 {r['p99_ms']:.0f} ms, hit {r['prefix_hit_ratio'] or 0:.2f}"
+            )
+            runs.append(r)
+    print_table(
+        console,
+        f"bench village · {student}",
+        [
+            "agents",
+            "ticks/s",
+            "decisions/s",
+            "prompt tok/s",
+            "gen tok/s",
+            "prefix hit",
+            "p50 ms",
+            "p99 ms",
+            "outside engine",
+            "peak RSS MB",
+        ],
+        [
+            [
+                r["agents"],
+                r["ticks_per_s"],
+                r["decisions_per_s"],
+                r["prompt_tokens_per_s"],
+                r["generated_tokens_per_s"],
+                r["prefix_hit_ratio"],
+                r["p50_ms"],
+                r["p99_ms"],
+                r["overhead_share"],
+                r["peak_rss_mb"],
+            ]
+            for r in runs
+        ],
+    )
+    baselines: dict[str, dict] = {}
+    n = cfg.baseline_agents
+    if n:
+        console.print(f"baselines at {n} agents:")
+        cached = next((r for r in runs if r["agents"] == n), None)
+        if cached is None:
+            with _scheduler([(student, student_dir)], cache=True, cfg=cfg) as sched:
+                cached = _run_count(n, student, student, sched, cfg)
+        baselines["runtime_cache"] = {"decisions_per_s": cached["decisions_per_s"]}
+        with _scheduler([(student, student_dir)], cache=False, cfg=cfg) as sched:
+            baselines["runtime_no_cache"] = {
+                "decisions_per_s": _run_count(n, student, student, sched, cfg)["decisions_per_s"]
+            }
+        if cfg.teacher:
+            teacher_dir = resolve_model(cfg.teacher)
+            teacher = load_model_dir(teacher_dir).name
+            cascade = Cascade("bench-cascade", student, teacher, cfg.cascade_threshold)
+            with _scheduler(
+                [(student, student_dir), (teacher, teacher_dir)], cache=True, cfg=cfg, cascades=[cascade]
+            ) as sched:
+                r = _run_count(n, student, "bench-cascade", sched, cfg)
+                share = sched.escalations / max(sched.cascade_requests, 1)
+            baselines["cascade"] = {
+                "decisions_per_s": r["decisions_per_s"],
+                "teacher_share": share,
+                "threshold": cfg.cascade_threshold,
+            }
+        try:
+            baselines["per_agent_hf"] = _per_agent_hf(student_dir, n, cfg, console)
+        except (FileNotFoundError, ImportError) as e:
+            console.print(f"[yellow]per_agent_hf skipped:[/yellow] {e}")
+        base = baselines.get("per_agent_hf", {}).get("decisions_per_s")
+        for v in baselines.values():
+            v["vs_per_agent_hf"] = v["decisions_per_s"] / base if base else None
+        print_table(
+            console,
+            f"baselines at {n} agents",
+            ["variant", "decisions/s", "× per_agent_hf"],
+            [[k, v["decisions_per_s"], v["vs_per_agent_hf"]] for k, v in baselines.items()],
+        )
+    result = {
+        "model": student,
+        "runs": runs,
+        "baselines": baselines,
+        "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.__dict__.items()},
+    }
+    write_json(json_path, result)
+    if plot_path:
+        plot_village(result, plot_path)
+        console.print(f"plot: {plot_path}")
+    return result
+
+
+def plot_village(result: dict, path: str | Path) -> None:
+    """decisions/s and p99 latency against agent count, baselines marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = result["runs"]
+    xs = [r["agents"] for r in runs]
+    fig, ax = plt.subplots(figsize=(7.5, 4.5), dpi=120)
+    ax.plot(
+        xs, [r["decisions_per_s"] for r in runs], "o-", color="#2a7ab0", label="murmurate (runtime_cache)"
+    )
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("agents")
+    ax.set_ylabel("decisions / s")
+    n = result["config"].get("baseline_agents")
+    markers = {
+        "per_agent_hf": ("s", "#c0392b"),
+        "runtime_no_cache": ("^", "#7f8c8d"),
+        "cascade": ("D", "#8e44ad"),
+    }
+    for name, v in result.get("baselines", {}).items():
+        if name in markers and n:
+            m, c = markers[name]
+            ax.plot([n], [v["decisions_per_s"]], m, color=c, markersize=8, label=name)
+    ax2 = ax.twinx()
+    ax2.plot(xs, [r["p99_ms"] for r in runs], "o--", color="#e67e22", label="p99 latency")
+    ax2.set_ylabel("p99 decision latency (ms)")
+    lines = ax.get_legend_handles_labels()
+    lines2 = ax2.get_legend_handles_labels()
+    ax.legend(lines[0] + lines2[0], lines[1] + lines2[1], loc="upper left", fontsize=8)
+    ax.set_title(f"village · {result['model']}")
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
