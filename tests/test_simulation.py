@@ -165,3 +165,15 @@ def test_bench_village_quick_writes_json_and_plot(ray_session, tiny_models, tmp_
     assert set(data["baselines"]) == {"per_agent_hf", "runtime_no_cache", "runtime_cache", "cascade"}
     assert data["baselines"]["per_agent_hf"]["vs_per_agent_hf"] == 1.0
     assert (tmp_path / "bv.png").stat().st_size > 10_000
+
+
+def test_bench_serve_quick_four_variants(tiny_models, tmp_path):
+    out = tmp_path / "serve.json"
+    assert cli_main(["bench", "serve", "--quick", "--model", str(tiny_models["llama"]), "--json", str(out), "--requests", "6"]) == 0
+    data = json.loads(out.read_text())
+    assert set(data["variants"]) == {"hf_per_request", "hf_batched", "runtime_no_cache", "runtime_cache"}
+    for name, v in data["variants"].items():
+        assert v["tokens_per_s"] > 0 and v["wall_s"] > 0
+        assert v["same_output_as_hf"] == 1.0, name  # every variant generates the same greedy tokens
+    assert data["variants"]["runtime_cache"]["prefix_hit_ratio"] >= 0.8
+    assert data["variants"]["hf_batched"]["prefix_hit_ratio"] is None
