@@ -116,5 +116,5 @@ def import_model(
             shutil.copytree(src, hf_dir)
         extra = {"source": str(src)}
     extra["hf_dir"] = str(hf_dir.resolve())
-    export_model(hf_dir, onnx_dir, name, extra=extra)
+    export_model(hf_dir, onnx_dir, name, extra=extra, last_token=True)
     return onnx_dir

@@ -41,7 +41,11 @@ def count_parameters(config: dict[str, Any], total: int) -> int:
 
 
 def export_model(
-    hf_dir: str | Path, out_dir: str | Path, name: str, extra: dict[str, Any] | None = None
+    hf_dir: str | Path,
+    out_dir: str | Path,
+    name: str,
+    extra: dict[str, Any] | None = None,
+    last_token: bool = False,
 ) -> Path:
     """Export the transformers model saved in ``hf_dir`` to ``out_dir`` and write its manifest.
 
@@ -50,6 +54,9 @@ def export_model(
         out_dir: where the model directory goes (created or overwritten).
         name: the model's name in the manifest.
         extra: more manifest fields (how it was built, evaluation results...).
+        last_token: compute logits for each row's last position only (``exports.graph``): the
+            runtime reads nothing else, and with a large vocabulary the LM head over every prompt
+            position would dominate prefill.
 
     Returns:
         ``out_dir`` as a path.
@@ -75,6 +82,12 @@ def export_model(
         log.info("exporting %s with optimum's default attention: %s", name, why_not)
         _export_optimum(hf_dir, out_dir)
         attention = "optimum-default"
+    rewrites = []
+    if last_token:
+        from exports.graph import last_token_logits
+
+        last_token_logits(out_dir / "model.onnx", out_dir / "model.onnx")
+        rewrites.append("last_token_logits")
     for fname in TOKENIZER_FILES:
         if (hf_dir / fname).exists() and not (out_dir / fname).exists():
             shutil.copy(hf_dir / fname, out_dir / fname)
@@ -83,6 +96,7 @@ def export_model(
         "parameters": total,
         "active_parameters": count_parameters(config, total),
         "attention": attention,
+        "graph_rewrites": rewrites,
         **(extra or {}),
     }
     write_manifest(out_dir, name, fields)

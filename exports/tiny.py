@@ -92,7 +92,12 @@ def _hf_config(arch: str, args: TinyArgs, eos: int, pad: int):
 
 
 def build_tiny_model(
-    arch: str, out_dir: str | Path, preset: str = "test", seed: int = 0, name: str | None = None
+    arch: str,
+    out_dir: str | Path,
+    preset: str = "test",
+    seed: int = 0,
+    name: str | None = None,
+    last_token: bool = False,
 ) -> Path:
     """Build, save and export a random tiny model; returns the ONNX model directory.
 
@@ -102,6 +107,7 @@ def build_tiny_model(
         preset: a key of :data:`TINY_PRESETS`.
         seed: torch seed for the random weights.
         name: model name in the manifest (default ``tiny-<arch>``).
+        last_token: export logits for the last position only (see ``exports.onnx_export``).
     """
     import torch
     from transformers import AutoModelForCausalLM, GenerationConfig
@@ -132,4 +138,5 @@ def build_tiny_model(
         out / "onnx",
         name or f"tiny-{arch}",
         extra={"built_by": f"exports.tiny preset={preset} seed={seed}"},
+        last_token=last_token,
     )

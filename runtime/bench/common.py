@@ -30,7 +30,7 @@ def default_bench_model(console: Console | None = None) -> Path:
         console.print(f"[dim]building the benchmark model in {root} (once)…[/dim]")
     from exports.tiny import build_tiny_model
 
-    return build_tiny_model("llama", root, preset="bench", seed=0, name="bench-llama-20m")
+    return build_tiny_model("llama", root, preset="bench", seed=0, name="bench-llama-20m", last_token=True)
 
 
 def print_table(console: Console, title: str, columns: list[str], rows: list[list[Any]]) -> None:
