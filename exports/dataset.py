@@ -282,6 +282,33 @@ def train_act_tokenizer(examples: Sequence[ActExample], vocab_size: int = 1536):
     return train_bpe(tokenizer_corpus(examples), vocab_size=vocab_size)
 
 
+def prepare_tokenizer(hf_dir: Path, data: ActDataset, source: str | Path | None, vocab_size: int) -> None:
+    """Put tokenizer files in ``hf_dir``: copied from ``source`` (a teacher's, say, so logits line
+    up), or trained on ``data``'s training split; a directory that has one already keeps it."""
+    import shutil
+
+    from exports.onnx_export import TOKENIZER_FILES
+    from exports.tokenizer import save_tokenizer
+
+    hf_dir.mkdir(parents=True, exist_ok=True)
+    if source is None:
+        if not (hf_dir / "tokenizer.json").exists():  # a resumed run keeps its tokenizer
+            save_tokenizer(train_act_tokenizer(data["train"], vocab_size), hf_dir)
+        return
+    if Path(source).resolve() != hf_dir.resolve():
+        for name in TOKENIZER_FILES:
+            shutil.copy(Path(source) / name, hf_dir / name)
+
+
+def runtime_tokenizer(hf_dir: str | Path) -> tuple[Any, int, int]:
+    """The runtime tokenizer of ``hf_dir`` and its EOS and PAD ids."""
+    from exports.tokenizer import EOS, PAD
+    from runtime.tokenizer import Tokenizer
+
+    tok = Tokenizer(Path(hf_dir) / "tokenizer.json")
+    return tok, tok.token_to_id(EOS), tok.token_to_id(PAD)
+
+
 def encode_example(tok: Any, ex: ActExample, eos_id: int) -> tuple[list[int], list[int]]:
     """Token ids of ``ex`` as the runtime sees them.
 

@@ -35,7 +35,15 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from exports.dataset import ActDataset, ActExample, Encoded, encode_split, load_dataset, train_act_tokenizer
+from exports.dataset import (
+    ActDataset,
+    ActExample,
+    Encoded,
+    encode_split,
+    load_dataset,
+    prepare_tokenizer,
+    runtime_tokenizer,
+)
 from exports.presets import ModelArgs
 from exports.tokenizer import EOS as EOS_TOKEN
 from exports.tokenizer import PAD as PAD_TOKEN
@@ -62,6 +70,8 @@ class TrainConfig:
         eval_examples: examples evaluated per held-out split (0: all).
         vocab_size: BPE vocabulary when the tokenizer is trained here.
         threads: torch intra-op threads (the machine is shared).
+        init: start from the weights in this ``save_pretrained`` directory (same preset, and its
+            tokenizer) instead of a random init: to continue training with a fresh schedule.
         teacher: a teacher's ``save_pretrained`` directory: enables logit distillation.
         temperature: distillation temperature.
         alpha: weight of the distillation KL; ``1 - alpha`` weighs the cross-entropy on the
@@ -82,6 +92,7 @@ class TrainConfig:
     eval_examples: int = 600
     vocab_size: int = 1536
     threads: int = 1
+    init: str | None = None
     teacher: str | None = None
     temperature: float = 2.0
     alpha: float = 0.7
@@ -207,34 +218,6 @@ def _truncate_log(path: Path, step: int) -> None:
         path.write_text("".join(ln + "\n" for ln in keep))
 
 
-def _prepare_tokenizer(
-    cfg: TrainConfig, data: ActDataset, hf_dir: Path, tokenizer: str | Path | None
-) -> None:
-    """Put the tokenizer files in ``hf_dir``: the teacher's, a given one, or one trained on the data."""
-    import shutil
-
-    from exports.onnx_export import TOKENIZER_FILES
-    from exports.tokenizer import save_tokenizer
-
-    hf_dir.mkdir(parents=True, exist_ok=True)
-    source = Path(cfg.teacher) if cfg.teacher else Path(tokenizer) if tokenizer else None
-    if source is None:
-        if not (hf_dir / "tokenizer.json").exists():  # a resumed run keeps its tokenizer
-            save_tokenizer(train_act_tokenizer(data["train"], cfg.vocab_size), hf_dir)
-        return
-    for name in TOKENIZER_FILES:
-        if source.resolve() != hf_dir.resolve():
-            shutil.copy(source / name, hf_dir / name)
-
-
-def runtime_tokenizer(hf_dir: Path) -> tuple[Any, int, int]:
-    """The runtime tokenizer of ``hf_dir`` and its EOS and PAD ids."""
-    from runtime.tokenizer import Tokenizer
-
-    tok = Tokenizer(hf_dir / "tokenizer.json")
-    return tok, tok.token_to_id(EOS_TOKEN), tok.token_to_id(PAD_TOKEN)
-
-
 def train(
     cfg: TrainConfig,
     data: ActDataset,
@@ -269,7 +252,7 @@ def train(
     torch.set_num_threads(cfg.threads)
     out = Path(out_dir)
     hf_dir = out / "hf"
-    _prepare_tokenizer(cfg, data, hf_dir, tokenizer)
+    prepare_tokenizer(hf_dir, data, cfg.teacher or cfg.init or tokenizer, cfg.vocab_size)
     tok, eos_id, pad_id = runtime_tokenizer(hf_dir)
     enc = encode_split(tok, data["train"], eos_id)
     args = ModelArgs.from_name(cfg.preset)
@@ -280,6 +263,10 @@ def train(
             f"{args.max_position_embeddings}; use a larger vocabulary or a preset with a longer context"
         )
     model = build_model(args, hf_dir, cfg.seed)
+    if cfg.init:
+        from safetensors.torch import load_file
+
+        model.load_state_dict(load_file(Path(cfg.init) / "model.safetensors"))  # strict: same shape
     opt = _optimizer(model, cfg)
     teacher = load_teacher(cfg.teacher) if cfg.teacher else None
     ckpt_path = out / "checkpoint.pt"

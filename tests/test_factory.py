@@ -18,6 +18,7 @@ from exports.dataset import (  # noqa: E402
     build_act_dataset,
     encode_split,
     load_dataset,
+    runtime_tokenizer,
     save_dataset,
 )
 from exports.distill import distill_loss  # noqa: E402
@@ -27,7 +28,6 @@ from exports.train import (  # noqa: E402
     build_model,
     greedy_decode,
     make_batch,
-    runtime_tokenizer,
     target_logits,
     train,
 )
@@ -176,6 +176,21 @@ def test_resume_from_checkpoint_gives_the_same_weights(data, tok_dir, tmp_path):
         assert torch.equal(whole[key], split[key]), key
     steps = [json.loads(ln)["step"] for ln in (tmp_path / "split" / "log.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4, 5, 6]  # each step logged once, the unsaved step 4 redone
+
+
+def test_init_continues_from_saved_weights(data, tok_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    kw = dict(tokenizer=tok_dir, evaluate_at_end=False, progress=False)
+    train(TrainConfig(preset="tiny", steps=2, batch_size=2), data, tmp_path / "a", **kw)
+    first = load_file(tmp_path / "a" / "hf" / "model.safetensors")
+    # With a zero learning rate, a continued run must save exactly the weights it started from.
+    cfg = TrainConfig(preset="tiny", steps=1, batch_size=2, lr=0.0, seed=5, init=str(tmp_path / "a" / "hf"))
+    train(cfg, data, tmp_path / "b", **kw)
+    again = load_file(tmp_path / "b" / "hf" / "model.safetensors")
+    assert all(torch.equal(first[k], again[k]) for k in first)
+    with pytest.raises(RuntimeError):  # another preset's shape does not load
+        train(replace(cfg, preset="tiny-moe"), data, tmp_path / "c", **kw)
 
 
 def test_presets_have_the_promised_shapes():
