@@ -177,6 +177,17 @@ def save_onnx(model: onnx.ModelProto, path: str | Path) -> Path:
 _POSITIONWISE_OPS = frozenset({"Add", "Mul", "Div", "Sub", "Tanh", "Cast", "Identity"})
 
 
+def _head_weight(index: GraphIndex, tensor: str) -> np.ndarray | None:
+    """The LM head's weight: a constant, or a ``Transpose`` of one (tied input/output embeddings)."""
+    w = index.const(tensor)
+    if w is not None:
+        return w
+    node = index.producer.get(tensor)
+    if node is not None and node.op_type == "Transpose":
+        return index.const(node.input[0])
+    return None
+
+
 def last_token_logits(src_onnx: str | Path, dst_onnx: str | Path) -> Path:
     """Rewrite a causal LM graph so ``logits`` holds only each row's last position: ``(B, 1, V)``.
 
@@ -215,7 +226,7 @@ def last_token_logits(src_onnx: str | Path, dst_onnx: str | Path) -> Path:
         if node is None:
             break
         chain.append(node)
-        if node.op_type == "MatMul" and (w := index.const(node.input[1])) is not None and w.ndim == 2:
+        if node.op_type == "MatMul" and (w := _head_weight(index, node.input[1])) is not None and w.ndim == 2:
             head = node
         elif node.op_type in _POSITIONWISE_OPS:
             # Follow the non-constant operand; a second non-constant operand would be per-position data.
