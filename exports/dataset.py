@@ -110,7 +110,6 @@ class _WorldPlan:
     split: str
     seed: int
     cast: list[Any]  # personas
-    record: frozenset[str]  # agents whose decisions are kept
 
 
 def _plan(spec: DatasetSpec) -> list[_WorldPlan]:
@@ -124,8 +123,7 @@ def _plan(spec: DatasetSpec) -> list[_WorldPlan]:
     world_seeds = [int(s) for s in rng.choice(2**31 - 1, size=n_worlds, replace=False)]
     # Persona number blocks: training and held-out-persona worlds each get one block of
     # `generated_per_world` numbers, handed out in shuffled order so both splits span the same range.
-    fresh = ["train"] * spec.train_worlds + ["heldout_persona"] * spec.heldout_persona_worlds
-    block_of = rng.permutation(len(fresh))
+    block_of = rng.permutation(spec.train_worlds + spec.heldout_persona_worlds)
     g = spec.generated_per_world
     start0 = len(default_cast()) + 1
 
@@ -137,7 +135,7 @@ def _plan(spec: DatasetSpec) -> list[_WorldPlan]:
     for i in range(spec.train_worlds):
         cast = default_cast() + generate(i)
         train_pool.extend(cast[len(default_cast()) :])
-        plans.append(_WorldPlan("train", world_seeds[i], cast, frozenset(p.name for p in cast)))
+        plans.append(_WorldPlan("train", world_seeds[i], cast))
     seen_traits = {tuple(sorted(p.traits.items())) for p in train_pool}
     for j in range(spec.heldout_persona_worlds):
         cast = generate(spec.train_worlds + j)
@@ -145,12 +143,12 @@ def _plan(spec: DatasetSpec) -> list[_WorldPlan]:
         if clash:  # two-decimal traits of 6 kinds: a clash is astronomically unlikely, but check
             raise RuntimeError(f"held-out personas {clash} share a trait combination with training")
         seed = world_seeds[spec.train_worlds + spec.heldout_seed_worlds + j]
-        plans.append(_WorldPlan("heldout_persona", seed, cast, frozenset(p.name for p in cast)))
+        plans.append(_WorldPlan("heldout_persona", seed, cast))
     for k in range(spec.heldout_seed_worlds):
         picks = rng.choice(len(train_pool), size=min(g, len(train_pool)), replace=False)
         cast = default_cast() + [train_pool[int(i)] for i in sorted(picks)]
         seed = world_seeds[spec.train_worlds + k]
-        plans.append(_WorldPlan("heldout_seed", seed, cast, frozenset(p.name for p in cast)))
+        plans.append(_WorldPlan("heldout_seed", seed, cast))
     return plans
 
 
@@ -169,7 +167,7 @@ def _rollout(plan: _WorldPlan, spec: DatasetSpec, rng: np.random.Generator, bar:
         for (agent, _), kept in zip(actions.items(), keep):
             decision = brain.last_decision[agent]
             # A fallback means the expert itself failed: that is not behaviour to imitate.
-            if kept and agent in plan.record and decision.source == "expert":
+            if kept and decision.source == "expert":
                 role = world.persona(agent).role
                 out.append(
                     ActExample(
