@@ -3,6 +3,8 @@
 murmurate run village [--agents N] [--ticks T] [--seed S] [--brain model|expert] [--model NAME|DIR]
                       [--headless] [--record PATH] [--workers K] [--out DIR]
 murmurate bench serve [--model DIR] [--quick] [--json PATH] [--requests N] ...
+murmurate bench talk [--agents N] [--rounds R] [--new-tokens K] [--model NAME|DIR] [--student NAME|DIR]
+                     [--variants hf_per_agent,hf_batched,runtime] [--threads T] [--quick] [--json PATH]
 """
 
 from __future__ import annotations
@@ -184,6 +186,27 @@ def cmd_bench_village(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_talk(args: argparse.Namespace) -> int:
+    from runtime.bench.talk import VARIANTS, TalkWorkload, run_talk_bench
+
+    w = TalkWorkload.quick() if args.quick else TalkWorkload()
+    overrides = {
+        k: getattr(args, k) for k in ("agents", "rounds", "new_tokens") if getattr(args, k) is not None
+    }
+    w = TalkWorkload(**{**w.__dict__, **overrides})
+    variants = tuple(v.strip() for v in args.variants.split(",")) if args.variants else VARIANTS
+    run_talk_bench(
+        args.model,
+        w,
+        args.json,
+        student=args.student,
+        variants=variants,
+        threads=args.threads,
+        console=console,
+    )
+    return 0
+
+
 # ---- models -------------------------------------------------------------------------------------
 def cmd_models_list(args: argparse.Namespace) -> int:
     from runtime.artifacts import ModelError, load_model_dir
@@ -294,6 +317,32 @@ def build_parser() -> argparse.ArgumentParser:
     village.add_argument("--json", default=None)
     village.add_argument("--plot", default=None, help="write a PNG plot here")
     village.set_defaults(fn=cmd_bench_village)
+    talk = bsub.add_parser("talk", help="persona agents exchanging utterances: transformers vs the runtime")
+    talk.add_argument("--agents", type=int, default=None, help="persona agents, in pairs (default 16)")
+    talk.add_argument("--rounds", type=int, default=None, help="utterances per agent (default 2)")
+    talk.add_argument("--new-tokens", type=int, default=None, help="most tokens per utterance (default 24)")
+    talk.add_argument(
+        "--model",
+        default="smollm2-135m",
+        help="talk model, name or directory (smollm2-135m: imported on first use)",
+    )
+    talk.add_argument(
+        "--student",
+        default=None,
+        help="a distilled talk model (name or directory) to run the same workload on",
+    )
+    talk.add_argument(
+        "--variants", default=None, help="comma list of hf_per_agent,hf_batched,runtime (default: all)"
+    )
+    talk.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="threads for torch and ONNX Runtime alike (0: library defaults)",
+    )
+    talk.add_argument("--quick", action="store_true", help="4 agents, 1 round, 8 tokens (smoke test)")
+    talk.add_argument("--json", default=None, help="write results as JSON here")
+    talk.set_defaults(fn=cmd_bench_talk)
 
     models = sub.add_parser("models", help="list and import models")
     msub = models.add_subparsers(dest="models", required=True)
