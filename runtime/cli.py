@@ -297,7 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="comma list of hf_per_request,hf_batched,runtime_no_cache,runtime_cache",
     )
-    serve.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads (0: all cores)")
+    serve.add_argument("--threads", type=int, default=0, help="threads for ONNX Runtime and torch alike (0: all cores)")
     serve.set_defaults(fn=cmd_bench_serve)
     village = bsub.add_parser("village", help="the village headless at growing agent counts, with baselines")
     village.add_argument("--agents", default="10,100,1000", help="comma list of agent counts")

@@ -118,6 +118,10 @@ def run_serve_bench(
     for name in variants:
         if name.startswith("hf_"):
             hf = _hf_model(art)
+            if threads:  # same thread count for torch as for ONNX Runtime: a fair, load-robust comparison
+                import torch
+
+                torch.set_num_threads(threads)
             fn = _hf_per_request if name == "hf_per_request" else _hf_batched
             fn(hf, ids[:2], 2)  # warm-up, untimed (first calls allocate and pick kernels)
             t0 = time.perf_counter()
