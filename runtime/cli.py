@@ -247,6 +247,57 @@ def cmd_models_import(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_models_build(args: argparse.Namespace) -> int:
+    from exports.build import build_models
+    from runtime.bench.common import print_table
+    from runtime.registry import search_path
+
+    out = Path(args.out).expanduser() if args.out else search_path()[-1]
+    result = build_models(out, scale=args.scale, seed=args.seed, steps=args.steps, progress=True)
+    rows = []
+    for name, card in result["cards"].items():
+        held = card.get("heldout", {})
+        rows.append(
+            [
+                name,
+                card.get("parameters"),
+                card.get("active_parameters"),
+                held.get("heldout_seed", {}).get("exact_match"),
+                held.get("heldout_persona", {}).get("exact_match"),
+                held.get("heldout_persona", {}).get("loss"),
+                card.get("runtime", {}).get("decisions_per_s"),
+                str(result["models"][name]),
+            ]
+        )
+    print_table(
+        console,
+        f"built ({len(result['ran'])} stages run, {len(result['skipped'])} skipped)",
+        ["name", "parameters", "active", "acc seed", "acc persona", "loss persona", "decisions/s", "path"],
+        rows,
+    )
+    if not result["int8"]["kept"]:
+        console.print(f"int8 student not kept: greedy agreement {result['int8']['agreement']:.1%}")
+    return 0
+
+
+def cmd_models_eval(args: argparse.Namespace) -> int:
+    from exports.build import eval_model
+    from runtime.bench.common import print_table
+
+    path = resolve_model(args.name)
+    with console.status(f"evaluating {args.name} on {args.split}…"):
+        r = eval_model(path, args.split, limit=args.limit, data_path=args.data, threads=args.threads)
+    rows = [[action, ok, n, ok / n if n else None] for action, (ok, n) in sorted(r["by_action"].items())]
+    rows.append(["all", round(r["exact_match"] * r["n"]), r["n"], r["exact_match"]])
+    print_table(
+        console, f"{args.name}: exact match on {args.split}", ["action", "correct", "n", "accuracy"], rows
+    )
+    console.print(
+        f"exact match {r['exact_match']:.4f} on {r['n']} examples ({r['wall_s']} s, constrained decoding)"
+    )
+    return 0
+
+
 # ---- parser -------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
@@ -357,6 +408,23 @@ def build_parser() -> argparse.ArgumentParser:
     mi.add_argument("--out", default=None, help="target directory (default: the user models directory)")
     mi.add_argument("--force", action="store_true", help="rebuild even if already imported")
     mi.set_defaults(fn=cmd_models_import)
+    mb = msub.add_parser(
+        "build", help="rebuild the act models: data, teacher, baseline, student, export, cards"
+    )
+    mb.add_argument("--out", default=None, help="target directory (default: the user models directory)")
+    mb.add_argument("--scale", choices=["tiny", "full"], default="full", help="tiny: a test-sized build")
+    mb.add_argument(
+        "--steps", type=int, default=None, help="training steps of every model (default: the plan's)"
+    )
+    mb.add_argument("--seed", type=int, default=0)
+    mb.set_defaults(fn=cmd_models_build)
+    me = msub.add_parser("eval", help="exact-match accuracy on a held-out split, through the runtime")
+    me.add_argument("name", help="model name or directory")
+    me.add_argument("--split", choices=["heldout_seed", "heldout_persona"], default="heldout_persona")
+    me.add_argument("--limit", type=int, default=0, help="evaluate a seeded sample of this many (0: all)")
+    me.add_argument("--data", default=None, help="a dataset file (default: the one the model was built from)")
+    me.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads")
+    me.set_defaults(fn=cmd_models_eval)
     return p
 
 

@@ -1,0 +1,432 @@
+"""The model factory end to end: ``murmurate models build``.
+
+dataset -> tokenizer -> MoE teacher (``act-moe``) -> dense baseline of equal active parameters
+(``act-dense``) -> distilled student (``act-student``) -> ONNX exports (last-token logits) ->
+int8 variant of the student where it keeps accuracy -> model cards with measured numbers.
+
+Every stage writes under ``out_root/.build`` (a hidden directory, so the model registry does not
+mistake it for a model) and is recorded in ``.build/state.json`` once finished; a re-run skips
+finished stages, and an interrupted training stage resumes from its checkpoint. Everything is
+drawn from one seed, so two builds with the same plan give the same weights.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from exports.dataset import DatasetSpec
+
+TEACHER, DENSE, STUDENT = "village-act-teacher", "village-act-dense", "village-act"
+INT8 = "village-act-int8"
+WORK = ".build"
+TRAIN_STAGE = {"teacher": "train-teacher", "dense": "train-dense", "student": "distill-student"}
+STATE = "state.json"
+
+
+@dataclass(frozen=True)
+class BuildPlan:
+    """What a build makes: the dataset, the three training runs and the measurement sizes.
+
+    Attributes:
+        scale: ``tiny`` (test-sized presets, little data) or ``full`` (the shipped models).
+        data: the expert rollout.
+        vocab_size: BPE vocabulary shared by all three models (the student must share the
+            teacher's tokenizer for logit distillation; the dense baseline shares it so its
+            held-out loss is comparable with the teacher's, per token of the same text).
+        teacher: the MoE teacher's training run.
+        dense: the dense baseline's.
+        student: the distilled student's (its ``teacher`` is filled in by the build).
+        card_examples: held-out examples per split evaluated through the runtime for the cards.
+        speed_batch: prompts in the decisions/s measurement.
+        int8_prompts: prompts on which the int8 student must agree with the fp32 one.
+        int8_min_agreement: the agreement below which the int8 variant is not kept.
+    """
+
+    scale: str
+    data: DatasetSpec
+    vocab_size: int
+    teacher: Any
+    dense: Any
+    student: Any
+    card_examples: int
+    speed_batch: int
+    int8_prompts: int
+    int8_min_agreement: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return json.loads(json.dumps(asdict(self), default=str))
+
+    def fingerprint(self) -> str:
+        """A short hash of the plan: a finished stage only counts for the plan that made it."""
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def make_plan(
+    scale: str = "full",
+    *,
+    seed: int = 0,
+    steps: int | None = None,
+    int8_min_agreement: float | None = None,
+) -> BuildPlan:
+    """The build plan for ``scale``.
+
+    Args:
+        scale: ``tiny`` or ``full``.
+        seed: seeds the dataset, the initial weights and the example order of every run.
+        steps: override the optimizer steps of all three training runs.
+        int8_min_agreement: override the int8 keep threshold (the tiny models are barely trained
+            and disagree with themselves under any perturbation; tests pass 0 to keep the variant).
+
+    Raises:
+        ValueError: for an unknown scale.
+    """
+    from exports.train import TrainConfig
+
+    if scale == "tiny":
+        data = DatasetSpec(
+            train_worlds=2,
+            heldout_seed_worlds=1,
+            heldout_persona_worlds=1,
+            generated_per_world=3,
+            ticks=24,
+            sample_rate=0.25,
+            seed=seed,
+        )
+        base = TrainConfig(
+            steps=20, batch_size=8, lr=1e-2, warmup=4, save_every=10, log_every=5, eval_examples=6, seed=seed
+        )
+        teacher, dense, student = (replace(base, preset=p) for p in ("tiny-moe", "tiny", "tiny"))
+        plan = BuildPlan("tiny", data, 512, teacher, dense, student, 6, 6, 6, 0.9)
+    elif scale == "full":
+        data = DatasetSpec(seed=seed)
+        base = TrainConfig(seed=seed)
+        teacher = replace(base, preset="act-moe")
+        dense = replace(base, preset="act-dense")
+        student = replace(base, preset="act-student")
+        plan = BuildPlan("full", data, base.vocab_size, teacher, dense, student, 300, 64, 64, 0.97)
+    else:
+        raise ValueError(f"unknown scale {scale!r}; use 'tiny' or 'full'")
+    if steps is not None:
+        plan = replace(
+            plan,
+            teacher=replace(plan.teacher, steps=steps, warmup=min(plan.teacher.warmup, max(steps // 10, 1))),
+            dense=replace(plan.dense, steps=steps, warmup=min(plan.dense.warmup, max(steps // 10, 1))),
+            student=replace(plan.student, steps=steps, warmup=min(plan.student.warmup, max(steps // 10, 1))),
+        )
+    if int8_min_agreement is not None:
+        plan = replace(plan, int8_min_agreement=int8_min_agreement)
+    return plan
+
+
+class _State:
+    """``.build/state.json``: which stages finished, for which plan."""
+
+    def __init__(self, work: Path, plan: BuildPlan) -> None:
+        self.path = work / STATE
+        self.fingerprint = plan.fingerprint()
+        data = json.loads(self.path.read_text()) if self.path.is_file() else {}
+        if data.get("plan") != self.fingerprint:
+            # Another plan's intermediate results (other seed, steps or scale) must not be reused.
+            if work.exists():
+                shutil.rmtree(work)
+            data = {}
+        work.mkdir(parents=True, exist_ok=True)
+        self.done: dict[str, Any] = data.get("done", {})
+        self.plan = plan
+
+    def save(self) -> None:
+        record = {"plan": self.fingerprint, "plan_fields": self.plan.to_dict(), "done": self.done}
+        self.path.write_text(json.dumps(record, indent=2))
+
+
+def build_models(
+    out_root: str | Path,
+    *,
+    scale: str = "full",
+    seed: int = 0,
+    steps: int | None = None,
+    int8_min_agreement: float | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Build the village ``act`` models into ``out_root/<name>``.
+
+    Args:
+        out_root: where the model directories go (``village-act-teacher``, ``village-act-dense``,
+            ``village-act``, and ``village-act-int8`` when it keeps accuracy); intermediate
+            results go to ``out_root/.build``.
+        scale: ``tiny`` (test-sized, well under two minutes) or ``full``.
+        seed: the one seed of the build.
+        steps: override the training steps of every model.
+        int8_min_agreement: override the greedy-agreement threshold for keeping the int8 student.
+        progress: print stage lines and show training progress bars.
+
+    Returns:
+        ``models`` (name -> directory), ``ran`` and ``skipped`` (stage names, in order), ``cards``
+        (name -> card) and ``int8`` (the agreement check).
+    """
+    plan = make_plan(scale, seed=seed, steps=steps, int8_min_agreement=int8_min_agreement)
+    out_root = Path(out_root)
+    work = out_root / WORK
+    state = _State(work, plan)
+    ran: list[str] = []
+    skipped: list[str] = []
+
+    def say(msg: str) -> None:
+        if progress:
+            print(f"[build] {msg}", file=sys.stderr, flush=True)
+
+    def stage(name: str, outputs: list[Path], fn: Any, deps: tuple[str, ...] = ()) -> Any:
+        """Run ``fn`` unless the stage finished before, its outputs are still there and none of
+        the stages it depends on re-ran in this build (their outputs would be newer than its)."""
+        stale = any(d in ran for d in deps)
+        if not stale and name in state.done and all(p.exists() for p in outputs):
+            skipped.append(name)
+            say(f"{name}: done before, skipped")
+            return state.done[name]
+        say(f"{name}: running")
+        t0 = time.time()
+        info = fn()
+        state.done[name] = {**(info or {}), "wall_s": round(time.time() - t0, 1)}
+        state.save()
+        ran.append(name)
+        return state.done[name]
+
+    from exports.dataset import build_act_dataset, load_dataset, train_act_tokenizer
+    from exports.tokenizer import save_tokenizer
+    from exports.train import train
+
+    data_path = work / "act.jsonl"
+    stage(
+        "dataset",
+        [data_path],
+        lambda: {"counts": save_and_count(build_act_dataset(plan.data, progress=progress), data_path)},
+    )
+    data = load_dataset(data_path)
+    tok_dir = work / "tokenizer"
+    stage(
+        "tokenizer",
+        [tok_dir / "tokenizer.json"],
+        lambda: save_tokenizer(train_act_tokenizer(data["train"], plan.vocab_size), tok_dir),
+        deps=("dataset",),
+    )
+
+    def run_training(cfg: Any, run_dir: Path) -> dict[str, Any]:
+        # resume=True: a checkpoint left by an interrupted build is picked up where it stopped.
+        metrics = train(cfg, data, run_dir, tokenizer=tok_dir, resume=True, progress=progress)
+        return {"steps_done": metrics["steps_done"]}
+
+    runs = {"teacher": work / "teacher", "dense": work / "dense", "student": work / "student"}
+    stage(
+        "train-teacher",
+        [runs["teacher"] / "hf"],
+        lambda: run_training(plan.teacher, runs["teacher"]),
+        ("tokenizer",),
+    )
+    stage(
+        "train-dense", [runs["dense"] / "hf"], lambda: run_training(plan.dense, runs["dense"]), ("tokenizer",)
+    )
+    student_cfg = replace(plan.student, teacher=str(runs["teacher"] / "hf"))
+    stage(
+        "distill-student",
+        [runs["student"] / "hf"],
+        lambda: run_training(student_cfg, runs["student"]),
+        ("train-teacher",),
+    )
+
+    exports = {
+        TEACHER: ("teacher", plan.teacher),
+        DENSE: ("dense", plan.dense),
+        STUDENT: ("student", plan.student),
+    }
+    models: dict[str, Path] = {}
+    for name, (run, cfg) in exports.items():
+        target = out_root / name
+        extra = {"task": "act", "preset": cfg.preset, "seed": seed, "build_scale": scale}
+        stage(
+            f"export-{run}",
+            [target / "model.onnx"],
+            lambda r=run, t=target, n=name, e=extra: _export(
+                runs[r] / "hf", work / "export-src" / r, t, n, e
+            ),
+        )
+        models[name] = target
+
+    heldout = data["heldout_persona"] + data["heldout_seed"]
+    int8_dir = out_root / INT8
+
+    def quantize_stage() -> dict[str, Any]:
+        from exports.card import action_constraint
+        from exports.quantize import greedy_agreement, quantize_model_dir
+
+        quantize_model_dir(models[STUDENT], int8_dir, name=INT8)
+        prompts = [ex.prompt for ex in heldout[: plan.int8_prompts]]
+        check = greedy_agreement(models[STUDENT], int8_dir, prompts, constraint=action_constraint())
+        check["kept"] = check["agreement"] >= plan.int8_min_agreement
+        check["min_agreement"] = plan.int8_min_agreement
+        if not check["kept"]:
+            say(f"int8 student agrees on {check['agreement']:.0%} of prompts only; not kept")
+            shutil.rmtree(int8_dir)
+        return {"check": check}
+
+    kept_before = state.done.get("quantize-student", {}).get("check", {}).get("kept")
+    int8 = stage("quantize-student", [int8_dir] if kept_before else [], quantize_stage, ("export-student",))[
+        "check"
+    ]
+    if int8["kept"]:
+        models[INT8] = int8_dir
+
+    cards = stage(
+        "cards",
+        [m / "model_card.json" for m in models.values()],
+        lambda: _write_cards(plan, data, models, runs, int8),
+        deps=("export-teacher", "export-dense", "export-student", "quantize-student"),
+    )
+    return {"models": models, "ran": ran, "skipped": skipped, "cards": cards["cards"], "int8": int8}
+
+
+def _export(hf_dir: Path, src: Path, target: Path, name: str, extra: dict[str, Any]) -> None:
+    """Export ``hf_dir`` through a copy whose config does not ask for router logits.
+
+    The presets set ``output_router_logits`` so training gets the load-balancing loss; traced for
+    export, the MoE forward would then compute that loss too and fail on the export's empty
+    attention mask. Inference never needs it, so the exported config drops it.
+    """
+    from exports.onnx_export import export_model
+
+    if src.exists():
+        shutil.rmtree(src)
+    shutil.copytree(hf_dir, src)
+    config = json.loads((src / "config.json").read_text())
+    if config.get("output_router_logits"):
+        config["output_router_logits"] = False
+        (src / "config.json").write_text(json.dumps(config, indent=2))
+    export_model(src, target, name, extra=extra, last_token=True)
+
+
+def save_and_count(data: Any, path: Path) -> dict[str, int]:
+    """Save the dataset and return its split sizes (recorded in the state and the cards)."""
+    from exports.dataset import save_dataset
+
+    save_dataset(data, path)
+    return data.counts()
+
+
+def _write_cards(
+    plan: BuildPlan, data: Any, models: dict[str, Path], runs: dict[str, Path], int8: dict[str, Any]
+) -> dict[str, Any]:
+    """Measure each exported model in the runtime and write its card."""
+    from exports.card import measure_decisions_per_s, runtime_accuracy, write_model_card
+
+    configs = {
+        TEACHER: ("teacher", plan.teacher),
+        DENSE: ("dense", plan.dense),
+        STUDENT: ("student", plan.student),
+    }
+    configs[INT8] = ("student", plan.student)
+    speed_prompts = [ex.prompt for ex in data["heldout_seed"][: plan.speed_batch]]
+    cards: dict[str, Any] = {}
+    for name, model_dir in models.items():
+        run, cfg = configs[name]
+        metrics = json.loads((runs[run] / "metrics.json").read_text())
+        heldout: dict[str, Any] = {}
+        for split in ("heldout_seed", "heldout_persona"):
+            served = runtime_accuracy(model_dir, data[split], limit=plan.card_examples)
+            torch_m = metrics.get(split, {})
+            heldout[split] = {
+                # The torch numbers are the fp32 model's, so they do not apply to the int8 copy.
+                "loss": None if name == INT8 else torch_m.get("loss"),
+                "exact_match_unconstrained": None if name == INT8 else torch_m.get("exact_match"),
+                "n_unconstrained": None if name == INT8 else torch_m.get("n"),
+                "exact_match": served["exact_match"],
+                "n": served["n"],
+            }
+        built = {
+            "scale": plan.scale,
+            "preset": cfg.preset,
+            "seed": cfg.seed,
+            "steps": cfg.steps,
+            "batch_size": cfg.batch_size,
+            "data": data.counts(),
+            "dataset_spec": asdict(data.spec),
+            "vocab_size": plan.vocab_size,
+            "distilled_from": TEACHER if run == "student" else None,
+            "train_wall_s": metrics.get("wall_s_this_run"),
+        }
+        card = write_model_card(
+            model_dir,
+            task="act",
+            world=data.spec.world,
+            heldout=heldout,
+            runtime=measure_decisions_per_s(model_dir, speed_prompts),
+            built=built,
+            int8_check=int8 if name in (STUDENT, INT8) else None,
+        )
+        cards[name] = card
+    return {"cards": cards}
+
+
+def heldout_examples(model_dir: str | Path, split: str, data_path: str | Path | None = None) -> list[Any]:
+    """The examples of a held-out ``split`` for the model in ``model_dir``.
+
+    The dataset comes from, in order: ``data_path``; the build directory the model was built in
+    (``<model_dir>/../.build/act.jsonl``) if its spec is the card's; a cached rollout of the card's
+    dataset spec; a fresh rollout of that spec (cached for next time). The expert rollout is
+    deterministic in its spec, so all of these are the same examples. A model without a card is
+    evaluated on the default spec's split.
+
+    Raises:
+        ValueError: for a split that is not held out.
+    """
+    from exports.card import read_model_card
+    from exports.dataset import build_act_dataset, load_dataset, save_dataset
+    from exports.train import HELDOUT
+
+    if split not in HELDOUT:
+        raise ValueError(f"split must be one of {', '.join(HELDOUT)}, not {split!r}")
+    if data_path is not None:
+        return load_dataset(data_path)[split]
+    card = read_model_card(model_dir) or {}
+    spec_fields = (card.get("built") or {}).get("dataset_spec")
+    spec = DatasetSpec(**spec_fields) if spec_fields else DatasetSpec()
+    local = Path(model_dir).resolve().parent / WORK / "act.jsonl"
+    if local.is_file():
+        data = load_dataset(local)
+        if data.spec == spec:
+            return data[split]
+    from runtime.registry import search_path
+
+    digest = hashlib.sha256(json.dumps(asdict(spec), sort_keys=True).encode()).hexdigest()[:16]
+    cached = search_path()[-1].parent / "datasets" / f"act-{digest}.jsonl"
+    if cached.is_file():
+        return load_dataset(cached)[split]
+    data = build_act_dataset(spec, progress=True)
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    save_dataset(data, cached)
+    return data[split]
+
+
+def eval_model(
+    model_dir: str | Path,
+    split: str = "heldout_persona",
+    *,
+    limit: int = 0,
+    data_path: str | Path | None = None,
+    threads: int = 1,
+) -> dict[str, Any]:
+    """Exact-match accuracy of ``model_dir`` on a held-out split, served by the runtime.
+
+    See :func:`exports.card.runtime_accuracy` (constrained greedy decoding, parsed and compared
+    with the expert's action) and :func:`heldout_examples` (where the examples come from).
+    """
+    from exports.card import runtime_accuracy
+
+    examples = heldout_examples(model_dir, split, data_path)
+    result = runtime_accuracy(model_dir, examples, limit=limit, threads=threads)
+    return {"split": split, **result}

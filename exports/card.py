@@ -1,0 +1,194 @@
+"""Model cards and the runtime measurements that go in them.
+
+A model card (``model_card.json`` in the model directory) says what the model is for, its size,
+how well it does on held-out data and how fast it decides in the runtime, and how it was built, so
+a rebuild can be compared with what shipped. The manifest is rewritten after the card is written,
+so the card is covered by the checksums like every other file.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from exports.quantize import CARD, runtime_batcher
+from runtime.artifacts import MANIFEST, write_manifest
+
+CARD_FORMAT = "murmurate.model-card/1"
+DEFAULT_MAX_TOKENS = 128  # as agents.mind: the longest action the model brain allows
+
+
+def action_constraint(world: str = "village") -> Any:
+    """The constraint the model brain decodes under: the world's action union as a JSON schema."""
+    from agents.actions import action_schema
+    from runtime.types import Constraint
+    from worlds import world_class
+
+    return Constraint.json_schema(action_schema(world_class(world).action_type))
+
+
+def write_model_card(model_dir: str | Path, **fields: Any) -> dict[str, Any]:
+    """Write ``model_card.json`` in ``model_dir`` and re-write the manifest to cover it.
+
+    Name, architecture, parameters and active parameters come from the manifest unless given;
+    everything else is the caller's (the build passes ``task``, ``heldout``, ``decisions_per_s``,
+    ``built``, ``quantized``...). Fields given as None are left out.
+
+    Args:
+        model_dir: an exported model directory with a manifest.
+        **fields: card fields.
+
+    Returns:
+        The card as written.
+    """
+    model_dir = Path(model_dir)
+    manifest = json.loads((model_dir / MANIFEST).read_text())
+    card: dict[str, Any] = {
+        "format": CARD_FORMAT,
+        "name": manifest.get("name", model_dir.name),
+        "architecture": manifest.get("architecture"),
+        "parameters": manifest.get("parameters"),
+        "active_parameters": manifest.get("active_parameters"),
+        "quantized": manifest.get("quantized", False),
+    }
+    card.update({k: v for k, v in fields.items() if v is not None})
+    (model_dir / CARD).write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
+    # The manifest's own identity fields are recomputed by write_manifest; the rest is kept.
+    extra = {
+        k: v
+        for k, v in manifest.items()
+        if k not in ("files", "name", "format_version", "architecture", "num_layers", "vocab_size")
+    }
+    write_manifest(model_dir, card["name"], extra)
+    return card
+
+
+def read_model_card(model_dir: str | Path) -> dict[str, Any] | None:
+    """The card of ``model_dir``, or None if it has none."""
+    path = Path(model_dir) / CARD
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def measure_decisions_per_s(
+    model_dir: str | Path,
+    prompts: Sequence[Sequence[str]],
+    *,
+    world: str = "village",
+    threads: int = 1,
+    repeats: int = 1,
+) -> dict[str, Any]:
+    """Constrained decisions per second of ``model_dir`` in the runtime, all prompts in one batch.
+
+    This is how the village's model brain uses a model: one batch of greedy requests under the
+    action-schema constraint, served with the radix prefix cache. A first, untimed pass warms the
+    ONNX Runtime session; the cache is then cleared by building a fresh batcher, so the timed pass
+    pays for its own prefill (the shared rules are still computed once, as in a real tick).
+
+    Args:
+        model_dir: an exported model directory.
+        prompts: prompts as segment tuples.
+        world: the world whose action schema constrains the output.
+        threads: ONNX Runtime intra-op threads.
+        repeats: timed passes (the best is reported, the least disturbed by other work).
+
+    Returns:
+        ``decisions_per_s``, ``batch`` (prompts per pass), ``threads`` and ``wall_s`` of the best pass.
+    """
+    from runtime.types import Request, SamplingParams
+
+    constraint = action_constraint(world)
+    sampling = SamplingParams(max_tokens=DEFAULT_MAX_TOKENS, temperature=0.0)
+    best = float("inf")
+    for k in range(repeats + 1):
+        batcher, name = runtime_batcher(model_dir, threads=threads)
+        reqs = [
+            Request(model=name, prompt=tuple(p), sampling=sampling, constraint=constraint) for p in prompts
+        ]
+        t0 = time.perf_counter()
+        batcher.run(reqs)
+        wall = time.perf_counter() - t0
+        if k > 0:  # pass 0 is the warm-up
+            best = min(best, wall)
+    return {
+        "decisions_per_s": round(len(prompts) / best, 1) if best > 0 else None,
+        "batch": len(prompts),
+        "threads": threads,
+        "wall_s": round(best, 4),
+    }
+
+
+def runtime_accuracy(
+    model_dir: str | Path,
+    examples: Sequence[Any],
+    *,
+    world: str = "village",
+    limit: int = 0,
+    threads: int = 1,
+    batch_size: int = 64,
+) -> dict[str, Any]:
+    """Exact-match accuracy of ``model_dir`` against the expert, served as the model brain serves it.
+
+    Each example's prompt is decoded greedily under the action-schema constraint (so the output
+    always parses, unless generation hits the token limit) and parsed with
+    ``agents.actions.parse_action``; it is correct when it equals the expert's parsed target.
+
+    Args:
+        model_dir: an exported model directory.
+        examples: ``exports.dataset.ActExample`` items (a held-out split).
+        world: the world whose action union parses and constrains.
+        limit: evaluate a seeded sample of this many (0: all); the same sample as
+            ``exports.train.evaluate`` takes, so the two are comparable.
+        threads: ONNX Runtime intra-op threads.
+        batch_size: requests per batcher run.
+
+    Returns:
+        ``n``, ``exact_match``, ``parse_fail``, ``by_action`` (expert action -> [correct, total]),
+        ``wall_s`` and up to 10 ``mistakes``.
+    """
+    import numpy as np
+
+    from agents.actions import ActionParseError, parse_action
+    from runtime.types import Request, SamplingParams
+    from worlds import world_class
+
+    union = world_class(world).action_type
+    examples = list(examples)
+    if limit and len(examples) > limit:
+        keep = np.random.default_rng(0).choice(len(examples), size=limit, replace=False)
+        examples = [examples[int(i)] for i in sorted(keep)]
+    constraint = action_constraint(world)
+    sampling = SamplingParams(max_tokens=DEFAULT_MAX_TOKENS, temperature=0.0)
+    batcher, name = runtime_batcher(model_dir, threads=threads)
+    correct, fails = 0, 0
+    by_action: dict[str, list[int]] = {}
+    mistakes: list[dict[str, str]] = []
+    t0 = time.perf_counter()
+    for lo in range(0, len(examples), batch_size):
+        chunk = examples[lo : lo + batch_size]
+        reqs = [
+            Request(model=name, prompt=tuple(ex.prompt), sampling=sampling, constraint=constraint)
+            for ex in chunk
+        ]
+        for ex, res in zip(chunk, batcher.run(reqs)):
+            expert = parse_action(union, ex.target)
+            try:
+                ok = res.error is None and parse_action(union, res.text) == expert
+            except ActionParseError:
+                ok, fails = False, fails + 1
+            correct += ok
+            tally = by_action.setdefault(expert.action, [0, 0])
+            tally[0] += ok
+            tally[1] += 1
+            if not ok and len(mistakes) < 10:
+                mistakes.append({"agent": ex.agent, "expert": ex.target, "model": res.text})
+    return {
+        "n": len(examples),
+        "exact_match": correct / max(len(examples), 1),
+        "parse_fail": fails,
+        "by_action": by_action,
+        "wall_s": round(time.perf_counter() - t0, 2),
+        "mistakes": mistakes,
+    }
