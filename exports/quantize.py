@@ -10,6 +10,7 @@ can be quantized; whether the result is good enough is a separate question, answ
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -51,13 +52,20 @@ def quantize_model_dir(src: str | Path, dst: str | Path, name: str | None = None
     for f in src.iterdir():
         if f.is_file() and f.name not in _NOT_COPIED and not f.name.startswith("."):
             shutil.copy(f, dst / f.name)
-    quantize_dynamic(
-        src / "model.onnx",
-        dst / "model.onnx",
-        weight_type=QuantType.QInt8,
-        op_types_to_quantize=["MatMul"],
-        extra_options={"MatMulConstBOnly": True},
-    )
+    # ORT logs a hint to run its shape-inference pre-processing first; that pass is for static
+    # (calibrated) quantization of vision models and changes nothing for dynamic MatMul weights.
+    hint = _DropMessage("pre-processing before quantization")
+    logging.getLogger().addFilter(hint)
+    try:
+        quantize_dynamic(
+            src / "model.onnx",
+            dst / "model.onnx",
+            weight_type=QuantType.QInt8,
+            op_types_to_quantize=["MatMul"],
+            extra_options={"MatMulConstBOnly": True},
+        )
+    finally:
+        logging.getLogger().removeFilter(hint)
     # Keep how it was built (parameters, preset, seed...) but not the fp32 file list or identity.
     extra = {
         k: v
@@ -69,6 +77,17 @@ def quantize_model_dir(src: str | Path, dst: str | Path, name: str | None = None
     extra["quantized_from"] = manifest.get("name", src.name)
     write_manifest(dst, name or f"{manifest.get('name', src.name)}-int8", extra)
     return dst
+
+
+class _DropMessage(logging.Filter):
+    """Drops log records containing ``text``."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.text = text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.text not in record.getMessage()
 
 
 def greedy_agreement(

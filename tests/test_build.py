@@ -182,3 +182,23 @@ def test_the_same_seed_reproduces_the_weights(built, tmp_path):
         assert all(a[k].equal(b[k]) for k in a), run
     with pytest.raises(ValueError, match="scale"):
         make_plan("huge")
+
+
+def test_models_build_command_defaults_to_the_user_models_dir(built, tmp_path, monkeypatch, capsys):
+    import exports.build
+    from runtime.cli import main
+
+    _, result = built
+    calls = []
+
+    def fake_build(out, **kw):
+        calls.append((out, kw))
+        return result
+
+    monkeypatch.setattr(exports.build, "build_models", fake_build)
+    monkeypatch.setenv("MURMURATE_MODELS", str(tmp_path / "user"))
+    assert main(["models", "build", "--scale", "tiny", "--steps", "7", "--seed", "3"]) == 0
+    out, kw = calls[0]
+    assert out == tmp_path / "user"  # where `--model village-act` looks
+    assert kw == {"scale": "tiny", "seed": 3, "steps": 7, "progress": True}
+    assert "village-act" in capsys.readouterr().out
