@@ -332,7 +332,8 @@ def _write_cards(
     configs[INT8] = ("student", plan.student)
     speed_prompts = [ex.prompt for ex in data["heldout_seed"][: plan.speed_batch]]
     cards: dict[str, Any] = {}
-    for name, model_dir in models.items():
+    teacher_rate = None
+    for name, model_dir in models.items():  # the teacher first: the others' speed-up is against it
         run, cfg = configs[name]
         metrics = json.loads((runs[run] / "metrics.json").read_text())
         heldout: dict[str, Any] = {}
@@ -359,12 +360,18 @@ def _write_cards(
             "distilled_from": TEACHER if run == "student" else None,
             "train_wall_s": metrics.get("wall_s_this_run"),
         }
+        runtime = measure_decisions_per_s(model_dir, speed_prompts)
+        if name == TEACHER:
+            teacher_rate = runtime["decisions_per_s"]
+        elif teacher_rate:
+            # The issue's bar: a student must decide at least 2x faster than the teacher.
+            runtime["speedup_vs_teacher"] = round(runtime["decisions_per_s"] / teacher_rate, 2)
         card = write_model_card(
             model_dir,
             task="act",
             world=data.spec.world,
             heldout=heldout,
-            runtime=measure_decisions_per_s(model_dir, speed_prompts),
+            runtime=runtime,
             built=built,
             int8_check=int8 if name in (STUDENT, INT8) else None,
         )

@@ -64,6 +64,7 @@ def test_build_runs_every_stage_and_makes_three_carded_models(built):
     assert teacher["active_parameters"] < teacher["parameters"]
     student = json.loads((out / STUDENT / "model_card.json").read_text())
     assert student["built"]["distilled_from"] == TEACHER and student["int8_check"]["n"] > 0
+    assert student["runtime"]["speedup_vs_teacher"] > 0 and "speedup_vs_teacher" not in teacher["runtime"]
     # The registry would find them: the work directory is not mistaken for a model.
     assert not (out / ".build" / MANIFEST).exists()
 
