@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import shutil
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -74,6 +75,14 @@ def export_model(
         )
     if out_dir.exists():
         shutil.rmtree(out_dir)
+    if config.get("output_router_logits"):
+        # Training asks the MoE for router logits (load-balancing loss); traced for export the forward
+        # would compute that loss too and fail. Inference never needs it: export a copy without it.
+        with tempfile.TemporaryDirectory() as tmp:
+            src = Path(tmp) / "hf"
+            shutil.copytree(hf_dir, src)
+            (src / "config.json").write_text(json.dumps({**config, "output_router_logits": False}, indent=2))
+            return export_model(src, out_dir, name, extra, last_token)
     why_not = grouped_export_unsupported(config)
     if why_not is None:
         export_grouped(hf_dir, out_dir)

@@ -2,9 +2,8 @@
 
 murmurate run village [--agents N] [--ticks T] [--seed S] [--brain model|expert] [--model NAME|DIR]
                       [--headless] [--record PATH] [--workers K] [--out DIR]
-murmurate bench serve [--model DIR] [--quick] [--json PATH] [--requests N] ...
-murmurate bench talk [--agents N] [--rounds R] [--new-tokens K] [--model NAME|DIR] [--student NAME|DIR]
-                     [--variants hf_per_agent,hf_batched,runtime] [--threads T] [--quick] [--json PATH]
+murmurate models list | import PATH|smollm2-135m | build [--scale tiny|full] | eval NAME
+murmurate bench serve | village | talk  [--quick] [--json PATH] ...
 """
 
 from __future__ import annotations
@@ -348,7 +347,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="comma list of hf_per_request,hf_batched,runtime_no_cache,runtime_cache",
     )
-    serve.add_argument("--threads", type=int, default=0, help="threads for ONNX Runtime and torch alike (0: all cores)")
+    serve.add_argument(
+        "--threads", type=int, default=0, help="threads for ONNX Runtime and torch alike (0: all cores)"
+    )
     serve.set_defaults(fn=cmd_bench_serve)
     village = bsub.add_parser("village", help="the village headless at growing agent counts, with baselines")
     village.add_argument("--agents", default="10,100,1000", help="comma list of agent counts")

@@ -51,3 +51,24 @@ def test_import_smollm2_from_its_pypi_package(tmp_path):
     )
     res = b.run([Request(model="smol", prompt=prompt, sampling=SamplingParams(max_tokens=40))])[0]
     assert res.finish_reason == "eos" and "Bram" in res.text
+
+
+def test_export_of_a_moe_trained_with_router_logits(tiny_models, tmp_path):
+    """Training sets output_router_logits; the export must not trace the load-balancing loss."""
+    import json
+    import shutil
+
+    from exports.onnx_export import export_model
+    from runtime.artifacts import load_model_dir
+
+    hf = tmp_path / "hf"
+    shutil.copytree(tiny_models["qwen3_moe"].parent / "hf", hf)
+    cfg = json.loads((hf / "config.json").read_text())
+    (hf / "config.json").write_text(json.dumps({**cfg, "output_router_logits": True}))
+    out = export_model(hf, tmp_path / "onnx", "moe-with-router-logits", last_token=True)
+    assert load_model_dir(out).manifest["graph_rewrites"] == ["last_token_logits"]
+    req = Request(model="x", prompt="Ada says", sampling=SamplingParams(max_tokens=8))
+    assert (
+        make_batcher(out).run([req])[0].token_ids
+        == make_batcher(tiny_models["qwen3_moe"]).run([req])[0].token_ids
+    )
