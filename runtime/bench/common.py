@@ -54,3 +54,25 @@ def write_json(path: str | Path | None, data: dict) -> None:
     if path:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_text(json.dumps(data, indent=2) + "\n")
+
+
+def machine_info() -> dict[str, Any]:
+    """The machine and libraries a benchmark ran on, and its load (the machine may be shared)."""
+    import platform
+
+    import onnxruntime
+
+    try:
+        import torch
+
+        torch_info = {"torch": torch.__version__, "torch_threads": torch.get_num_threads()}
+    except ImportError:  # runtime-only runs need no torch
+        torch_info = {}
+    return {
+        "cpus": os.cpu_count(),
+        "platform": platform.platform(),
+        "onnxruntime": onnxruntime.__version__,
+        **torch_info,
+        # the machine is shared: the load during the run says how much the numbers can be trusted
+        "load_avg_1m": os.getloadavg()[0],
+    }

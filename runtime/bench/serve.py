@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from rich.console import Console
 
-from runtime.bench.common import default_bench_model, print_table, write_json
+from runtime.bench.common import default_bench_model, machine_info, print_table, write_json
 
 
 @dataclass(frozen=True)
@@ -182,7 +182,7 @@ def run_serve_bench(
     result = {
         "model": art.name,
         "workload": w.__dict__,
-        "machine": _machine(),
+        "machine": machine_info(),
         "variants": out,
     }
     write_json(json_path, result)
@@ -192,15 +192,6 @@ def run_serve_bench(
 def _params(manifest: dict) -> str:
     n = manifest.get("parameters")
     return f"{n:,}" if isinstance(n, int) else "?"
-
-
-def _machine() -> dict:
-    import os
-    import platform
-
-    import onnxruntime
-
-    return {"cpus": os.cpu_count(), "platform": platform.platform(), "onnxruntime": onnxruntime.__version__}
 
 
 def _hf_model(art):
