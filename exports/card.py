@@ -148,23 +148,16 @@ def runtime_accuracy(
         ``n``, ``exact_match``, ``parse_fail``, ``by_action`` (expert action -> [correct, total]),
         ``wall_s`` and up to 10 ``mistakes``.
     """
-    import numpy as np
-
-    from agents.actions import ActionParseError, parse_action
+    from exports.dataset import ActionScore, seeded_sample
     from runtime.types import Request, SamplingParams
     from worlds import world_class
 
     union = world_class(world).action_type
-    examples = list(examples)
-    if limit and len(examples) > limit:
-        keep = np.random.default_rng(0).choice(len(examples), size=limit, replace=False)
-        examples = [examples[int(i)] for i in sorted(keep)]
+    examples = seeded_sample(examples, limit)
     constraint = action_constraint(world)
     sampling = SamplingParams(max_tokens=DEFAULT_MAX_TOKENS, temperature=0.0)
     batcher, name = runtime_batcher(model_dir, threads=threads)
-    correct, fails = 0, 0
-    by_action: dict[str, list[int]] = {}
-    mistakes: list[dict[str, str]] = []
+    score = ActionScore(union, max_mistakes=10)
     t0 = time.perf_counter()
     for lo in range(0, len(examples), batch_size):
         chunk = examples[lo : lo + batch_size]
@@ -173,22 +166,5 @@ def runtime_accuracy(
             for ex in chunk
         ]
         for ex, res in zip(chunk, batcher.run(reqs)):
-            expert = parse_action(union, ex.target)
-            try:
-                ok = res.error is None and parse_action(union, res.text) == expert
-            except ActionParseError:
-                ok, fails = False, fails + 1
-            correct += ok
-            tally = by_action.setdefault(expert.action, [0, 0])
-            tally[0] += ok
-            tally[1] += 1
-            if not ok and len(mistakes) < 10:
-                mistakes.append({"agent": ex.agent, "expert": ex.target, "model": res.text})
-    return {
-        "n": len(examples),
-        "exact_match": correct / max(len(examples), 1),
-        "parse_fail": fails,
-        "by_action": by_action,
-        "wall_s": round(time.perf_counter() - t0, 2),
-        "mistakes": mistakes,
-    }
+            score.add(ex, res.text, served=res.error is None)
+    return {**score.summary(), "wall_s": round(time.perf_counter() - t0, 2)}

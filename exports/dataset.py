@@ -396,3 +396,58 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def seeded_sample(examples: Sequence[ActExample], limit: int | None) -> list[ActExample]:
+    """At most ``limit`` examples, the same seeded choice everywhere accuracy is measured."""
+    examples = list(examples)
+    if limit and len(examples) > limit:
+        keep = np.random.default_rng(0).choice(len(examples), size=limit, replace=False)
+        examples = [examples[int(i)] for i in sorted(keep)]
+    return examples
+
+
+@dataclass
+class ActionScore:
+    """Exact match of model outputs against the expert's actions, overall and per expert action.
+
+    An output that does not parse counts as wrong (and as a parse failure).
+    """
+
+    union: Any
+    max_mistakes: int = 20
+    n: int = 0
+    correct: int = 0
+    parse_fail: int = 0
+    by_action: dict[str, list[int]] = field(default_factory=dict)  # expert action -> [correct, total]
+    mistakes: list[dict[str, str]] = field(default_factory=list)
+
+    def add(self, ex: ActExample, text: str, served: bool = True) -> bool:
+        """Score one output; ``served=False`` (the request failed) counts it wrong without parsing."""
+        from agents.actions import ActionParseError, parse_action
+
+        expert = parse_action(self.union, ex.target)
+        try:
+            ok = served and parse_action(self.union, text) == expert
+        except ActionParseError:
+            ok = False
+            self.parse_fail += 1
+        self.n += 1
+        self.correct += ok
+        tally = self.by_action.setdefault(expert.action, [0, 0])
+        tally[0] += ok
+        tally[1] += 1
+        if not ok and len(self.mistakes) < self.max_mistakes:
+            self.mistakes.append(
+                {"agent": ex.agent, "tick": str(ex.tick), "expert": ex.target, "model": text}
+            )
+        return ok
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "n": self.n,
+            "exact_match": self.correct / max(self.n, 1),
+            "parse_fail": self.parse_fail,
+            "by_action": self.by_action,
+            "mistakes": self.mistakes,
+        }

@@ -38,11 +38,13 @@ from tqdm.auto import tqdm
 from exports.dataset import (
     ActDataset,
     ActExample,
+    ActionScore,
     Encoded,
     encode_split,
     load_dataset,
     prepare_tokenizer,
     runtime_tokenizer,
+    seeded_sample,
 )
 from exports.presets import ModelArgs
 from exports.tokenizer import EOS as EOS_TOKEN
@@ -417,19 +419,15 @@ def evaluate(
         ``n``, ``loss`` (mean cross-entropy per target token), ``exact_match``, ``parse_fail``,
         ``by_action`` (expert action -> [correct, total]) and up to 20 ``mistakes``.
     """
-    from agents.actions import ActionParseError, parse_action
     from worlds import world_class
 
     union = world_class(world).action_type
     model.eval()
-    if limit and len(examples) > limit:
-        keep = np.random.default_rng(0).choice(len(examples), size=limit, replace=False)
-        examples = [examples[int(i)] for i in sorted(keep)]
+    examples = seeded_sample(examples, limit)
     eos_id, pad_id = tok.token_to_id(EOS_TOKEN), tok.token_to_id(PAD_TOKEN)
     enc = encode_split(tok, examples, eos_id)
-    nll, n_tok, correct, fails = 0.0, 0, 0, 0
-    by_action: dict[str, list[int]] = {}
-    mistakes: list[dict[str, str]] = []
+    nll, n_tok = 0.0, 0
+    score = ActionScore(union, max_mistakes=20)
     for lo in tqdm(range(0, len(examples), batch_size), desc="eval", disable=not progress):
         idx = list(range(lo, min(lo + batch_size, len(examples))))
         batch = make_batch(enc, idx, pad_id)
@@ -438,27 +436,8 @@ def evaluate(
         n_tok += len(batch["labels"])
         prompts = [enc.suffix[i][: enc.n_prompt[i]] for i in idx]
         for i, gen in zip(idx, greedy_decode(model, enc.prefix, prompts, eos_id, pad_id)):
-            ex = enc.examples[i]
-            text = tok.decode(gen)
-            expert = parse_action(union, ex.target)
-            try:
-                ok = parse_action(union, text) == expert
-            except ActionParseError:
-                ok, fails = False, fails + 1
-            correct += ok
-            tally = by_action.setdefault(expert.action, [0, 0])
-            tally[0] += ok
-            tally[1] += 1
-            if not ok and len(mistakes) < 20:
-                mistakes.append({"agent": ex.agent, "tick": str(ex.tick), "expert": ex.target, "model": text})
-    return {
-        "n": len(examples),
-        "loss": nll / max(n_tok, 1),
-        "exact_match": correct / max(len(examples), 1),
-        "parse_fail": fails,
-        "by_action": by_action,
-        "mistakes": mistakes,
-    }
+            score.add(enc.examples[i], tok.decode(gen))
+    return {**score.summary(), "loss": nll / max(n_tok, 1)}
 
 
 def main(argv: Sequence[str] | None = None, *, defaults: TrainConfig | None = None) -> dict[str, Any]:
