@@ -64,8 +64,39 @@ class BuildPlan:
         return json.loads(json.dumps(asdict(self), default=str))
 
     def fingerprint(self) -> str:
-        """A short hash of the plan: a finished stage only counts for the plan that made it."""
-        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+        """A short hash of the whole plan (threads excluded: they change speed, not results)."""
+        return _digest(self.to_dict())
+
+    def stage_keys(self) -> dict[str, str]:
+        """Per stage, a hash of everything its output depends on.
+
+        A finished stage counts only while its key is unchanged, so changing one run's steps
+        redoes that run and what depends on it, and nothing upstream.
+        """
+        d = self.to_dict()
+        keys = {"dataset": _digest(d["data"])}
+        keys["tokenizer"] = _digest([keys["dataset"], d["vocab_size"]])
+        for run in ("teacher", "dense"):
+            keys[TRAIN_STAGE[run]] = _digest([keys["tokenizer"], d[run]])
+        keys[TRAIN_STAGE["student"]] = _digest([keys["train-teacher"], d["student"]])
+        for run, stage in TRAIN_STAGE.items():
+            keys[f"export-{run}"] = _digest([keys[stage]])
+        keys["quantize-student"] = _digest(
+            [keys["export-student"], d["int8_prompts"], d["int8_min_agreement"]]
+        )
+        keys["cards"] = _digest([keys["quantize-student"], keys["export-teacher"], keys["export-dense"], d])
+        return keys
+
+
+def _digest(obj: Any) -> str:
+    def scrub(o: Any) -> Any:
+        if isinstance(o, dict):
+            return {k: scrub(v) for k, v in o.items() if k != "threads"}
+        if isinstance(o, list):
+            return [scrub(v) for v in o]
+        return o
+
+    return hashlib.sha256(json.dumps(scrub(obj), sort_keys=True).encode()).hexdigest()[:16]
 
 
 def make_plan(
@@ -73,6 +104,8 @@ def make_plan(
     *,
     seed: int = 0,
     steps: int | None = None,
+    run_steps: dict[str, int] | None = None,
+    threads: int | None = None,
     int8_min_agreement: float | None = None,
 ) -> BuildPlan:
     """The build plan for ``scale``.
@@ -81,6 +114,9 @@ def make_plan(
         scale: ``tiny`` or ``full``.
         seed: seeds the dataset, the initial weights and the example order of every run.
         steps: override the optimizer steps of all three training runs.
+        run_steps: override the steps of single runs (``teacher``, ``dense``, ``student``); applied
+            after ``steps``.
+        threads: torch threads for training (not part of any stage key).
         int8_min_agreement: override the int8 keep threshold (the tiny models are barely trained
             and disagree with themselves under any perturbation; tests pass 0 to keep the variant).
 
@@ -107,42 +143,53 @@ def make_plan(
     elif scale == "full":
         data = DatasetSpec(seed=seed)
         base = TrainConfig(seed=seed)
-        teacher = replace(base, preset="act-moe")
-        dense = replace(base, preset="act-dense")
-        student = replace(base, preset="act-student")
+        teacher = replace(base, preset="act-moe", steps=3000)
+        # The dense baseline is compared with the teacher's checkpoint at the same step count.
+        dense = replace(base, preset="act-dense", steps=1000)
+        student = replace(base, preset="act-student", steps=1500)
         plan = BuildPlan("full", data, base.vocab_size, teacher, dense, student, 300, 64, 64, 0.97)
     else:
         raise ValueError(f"unknown scale {scale!r}; use 'tiny' or 'full'")
-    if steps is not None:
-        plan = replace(
-            plan,
-            teacher=replace(plan.teacher, steps=steps, warmup=min(plan.teacher.warmup, max(steps // 10, 1))),
-            dense=replace(plan.dense, steps=steps, warmup=min(plan.dense.warmup, max(steps // 10, 1))),
-            student=replace(plan.student, steps=steps, warmup=min(plan.student.warmup, max(steps // 10, 1))),
-        )
+    overrides = {run: steps for run in TRAIN_STAGE} if steps is not None else {}
+    for run, n in (run_steps or {}).items():
+        if run not in TRAIN_STAGE:
+            raise ValueError(f"unknown training run {run!r}; choose from {', '.join(TRAIN_STAGE)}")
+        overrides[run] = n
+    for run, n in overrides.items():
+        if n < 1:
+            raise ValueError(f"{run} steps must be at least 1, not {n}")
+        cfg = getattr(plan, run)
+        plan = replace(plan, **{run: replace(cfg, steps=n, warmup=min(cfg.warmup, max(n // 10, 1)))})
+    if threads is not None:
+        plan = replace(plan, **{run: replace(getattr(plan, run), threads=threads) for run in TRAIN_STAGE})
     if int8_min_agreement is not None:
         plan = replace(plan, int8_min_agreement=int8_min_agreement)
     return plan
 
 
 class _State:
-    """``.build/state.json``: which stages finished, for which plan."""
+    """``.build/state.json``: which stages finished, under which stage keys."""
 
     def __init__(self, work: Path, plan: BuildPlan) -> None:
         self.path = work / STATE
-        self.fingerprint = plan.fingerprint()
+        self.keys = plan.stage_keys()
         data = json.loads(self.path.read_text()) if self.path.is_file() else {}
-        if data.get("plan") != self.fingerprint:
-            # Another plan's intermediate results (other seed, steps or scale) must not be reused.
-            if work.exists():
-                shutil.rmtree(work)
-            data = {}
         work.mkdir(parents=True, exist_ok=True)
-        self.done: dict[str, Any] = data.get("done", {})
+        # A stage finished under another key (other seed, data, steps...) does not count.
+        self.done: dict[str, Any] = {
+            name: info
+            for name, info in data.get("done", {}).items()
+            if isinstance(info, dict) and info.get("key") == self.keys.get(name)
+        }
         self.plan = plan
 
+    def finish(self, name: str, info: dict[str, Any]) -> dict[str, Any]:
+        self.done[name] = {**info, "key": self.keys[name]}
+        self.save()
+        return self.done[name]
+
     def save(self) -> None:
-        record = {"plan": self.fingerprint, "plan_fields": self.plan.to_dict(), "done": self.done}
+        record = {"plan": self.plan.fingerprint(), "plan_fields": self.plan.to_dict(), "done": self.done}
         self.path.write_text(json.dumps(record, indent=2))
 
 
@@ -152,6 +199,8 @@ def build_models(
     scale: str = "full",
     seed: int = 0,
     steps: int | None = None,
+    run_steps: dict[str, int] | None = None,
+    threads: int | None = None,
     int8_min_agreement: float | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
@@ -164,6 +213,8 @@ def build_models(
         scale: ``tiny`` (test-sized, well under two minutes) or ``full``.
         seed: the one seed of the build.
         steps: override the training steps of every model.
+        run_steps: override the steps of single runs (``teacher``, ``dense``, ``student``).
+        threads: torch threads for training (speed only: results and stage keys do not change).
         int8_min_agreement: override the greedy-agreement threshold for keeping the int8 student.
         progress: print stage lines and show training progress bars.
 
@@ -171,7 +222,14 @@ def build_models(
         ``models`` (name -> directory), ``ran`` and ``skipped`` (stage names, in order), ``cards``
         (name -> card) and ``int8`` (the agreement check).
     """
-    plan = make_plan(scale, seed=seed, steps=steps, int8_min_agreement=int8_min_agreement)
+    plan = make_plan(
+        scale,
+        seed=seed,
+        steps=steps,
+        run_steps=run_steps,
+        threads=threads,
+        int8_min_agreement=int8_min_agreement,
+    )
     out_root = Path(out_root)
     work = out_root / WORK
     state = _State(work, plan)
@@ -193,10 +251,8 @@ def build_models(
         say(f"{name}: running")
         t0 = time.time()
         info = fn()
-        state.done[name] = {**(info or {}), "wall_s": round(time.time() - t0, 1)}
-        state.save()
         ran.append(name)
-        return state.done[name]
+        return state.finish(name, {**(info or {}), "wall_s": round(time.time() - t0, 1)})
 
     from exports.dataset import build_act_dataset, load_dataset, train_act_tokenizer
     from exports.tokenizer import save_tokenizer

