@@ -309,7 +309,7 @@ def build_models(
             f"export-{run}",
             [target / "model.onnx"],
             lambda r=run, t=target, n=name, e=extra: _export(
-                runs[r] / "hf", work / "export-src" / r, t, n, e
+                runs[r] / "hf", work / "export-src" / r, t, n, e, keep_hf=r == "student"
             ),
         )
         models[name] = target
@@ -347,7 +347,9 @@ def build_models(
     return {"models": models, "ran": ran, "skipped": skipped, "cards": cards["cards"], "int8": int8}
 
 
-def _export(hf_dir: Path, src: Path, target: Path, name: str, extra: dict[str, Any]) -> None:
+def _export(
+    hf_dir: Path, src: Path, target: Path, name: str, extra: dict[str, Any], keep_hf: bool = False
+) -> None:
     """Export ``hf_dir`` through a copy whose config does not ask for router logits.
 
     The presets set ``output_router_logits`` so training gets the load-balancing loss; traced for
@@ -355,6 +357,7 @@ def _export(hf_dir: Path, src: Path, target: Path, name: str, extra: dict[str, A
     attention mask. Inference never needs it, so the exported config drops it.
     """
     from exports.onnx_export import export_model
+    from runtime.artifacts import MANIFEST, write_manifest
 
     if src.exists():
         shutil.rmtree(src)
@@ -364,6 +367,22 @@ def _export(hf_dir: Path, src: Path, target: Path, name: str, extra: dict[str, A
         config["output_router_logits"] = False
         (src / "config.json").write_text(json.dumps(config, indent=2))
     export_model(src, target, name, extra=extra, last_token=True)
+    if keep_hf:
+        # The transformers weights travel with the model: the per-agent transformers baseline of
+        # `murmurate bench village` runs the very same weights.
+        hf_copy = target / "hf"
+        if hf_copy.exists():
+            shutil.rmtree(hf_copy)
+        hf_copy.mkdir()
+        for f in ("config.json", "generation_config.json", "model.safetensors"):
+            if (hf_dir / f).is_file():
+                shutil.copy2(hf_dir / f, hf_copy / f)
+        for f in src.iterdir():
+            if f.name.startswith(("tokenizer", "special_tokens")):
+                shutil.copy2(f, hf_copy / f.name)
+        manifest = json.loads((target / MANIFEST).read_text())
+        kept = {k: v for k, v in manifest.items() if k not in ("files", "name", "format_version")}
+        write_manifest(target, name, {**kept, "hf_dir": "hf"})
 
 
 def save_and_count(data: Any, path: Path) -> dict[str, int]:

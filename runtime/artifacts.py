@@ -111,10 +111,13 @@ def write_manifest(path: str | Path, name: str, extra: dict[str, Any] | None = N
     path = Path(path)
     config = _read_json(path / "config.json")
     info = model_info_from_config(config)
+    # Every file, subdirectories included (a shipped model keeps its transformers weights in hf/).
     files = {
-        p.name: sha256_file(p)
-        for p in sorted(path.iterdir())
-        if p.is_file() and p.name != MANIFEST and not p.name.startswith(".")
+        p.relative_to(path).as_posix(): sha256_file(p)
+        for p in sorted(path.rglob("*"))
+        if p.is_file()
+        and p.relative_to(path).as_posix() != MANIFEST
+        and not any(part.startswith(".") for part in p.relative_to(path).parts)
     }
     manifest: dict[str, Any] = {
         "format_version": FORMAT_VERSION,
@@ -183,6 +186,20 @@ def load_model_dir(path: str | Path, verify: bool = True) -> ModelArtifacts:
     return ModelArtifacts(
         path=path, name=str(manifest.get("name", path.name)), info=info, manifest=manifest, config=config
     )
+
+
+def hf_weights_dir(art: ModelArtifacts) -> Path:
+    """Where the model's transformers weights are (for the transformers baselines).
+
+    The manifest's ``hf_dir`` (absolute, or relative to the model directory); else ``hf/`` inside
+    the model directory; else ``hf/`` next to it (an imported model: ``<name>/onnx`` and
+    ``<name>/hf``). The directory may not exist: callers check for ``config.json``.
+    """
+    declared = art.manifest.get("hf_dir")
+    if declared:
+        return art.path / declared  # an absolute path stays absolute
+    inside = art.path / "hf"
+    return inside if (inside / "config.json").is_file() else art.path.parent / "hf"
 
 
 def _check_graph(onnx_path: Path, info: ModelInfo) -> None:

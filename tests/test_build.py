@@ -65,6 +65,12 @@ def test_build_runs_every_stage_and_makes_three_carded_models(built):
     student = json.loads((out / STUDENT / "model_card.json").read_text())
     assert student["built"]["distilled_from"] == TEACHER and student["int8_check"]["n"] > 0
     assert student["runtime"]["speedup_vs_teacher"] > 0 and "speedup_vs_teacher" not in teacher["runtime"]
+    # The student carries its transformers weights (for the per-agent baseline), checksummed.
+    from runtime.artifacts import hf_weights_dir
+
+    art = load_model_dir(out / STUDENT)
+    assert "hf/model.safetensors" in art.manifest["files"] and hf_weights_dir(art) == out / STUDENT / "hf"
+    assert "hf/model.safetensors" not in load_model_dir(out / TEACHER).manifest["files"]
     # The registry would find them: the work directory is not mistaken for a model.
     assert not (out / ".build" / MANIFEST).exists()
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 from rich.console import Console
 
+from runtime.artifacts import hf_weights_dir
 from runtime.bench.common import default_bench_model, machine_info, print_table, write_json
 
 
@@ -198,7 +199,7 @@ def _hf_model(art):
     import torch  # noqa: F401 - the train extra
     from transformers import AutoModelForCausalLM
 
-    hf_dir = Path(art.manifest.get("hf_dir") or art.path.parent / "hf")
+    hf_dir = hf_weights_dir(art)
     if not (hf_dir / "config.json").exists():
         raise FileNotFoundError(
             f"the transformers baselines need the model's transformers weights in {hf_dir}; "

@@ -38,6 +38,7 @@ from typing import Any
 
 from rich.console import Console
 
+from runtime.artifacts import hf_weights_dir
 from runtime.bench.common import machine_info, print_table, write_json
 from runtime.bench.conversation import (  # noqa: F401 - the workload is part of this bench's API
     MAX_HEARD_CHARS,
@@ -117,7 +118,7 @@ def _hf_model(art):
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()  # generation-config chatter would drown the table
-    hf_dir = Path(art.manifest.get("hf_dir") or art.path.parent / "hf")
+    hf_dir = hf_weights_dir(art)
     if not (hf_dir / "config.json").exists():
         raise FileNotFoundError(
             f"the transformers variants need the model's transformers weights in {hf_dir}; "

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 from rich.console import Console
 
+from runtime.artifacts import hf_weights_dir
 from runtime.bench.common import print_table, write_json
 
 
@@ -115,7 +116,7 @@ def _per_agent_hf(model_dir: Path, n: int, cfg: VillageBenchConfig, console: Con
     from runtime.tokenizer import Tokenizer
 
     art = load_model_dir(model_dir)
-    hf_dir = Path(art.manifest.get("hf_dir") or art.path.parent / "hf")
+    hf_dir = hf_weights_dir(art)
     if not (hf_dir / "config.json").exists():
         raise FileNotFoundError(f"per_agent_hf needs the transformers weights of {art.name} in {hf_dir}")
     model = AutoModelForCausalLM.from_pretrained(hf_dir).eval()
