@@ -65,7 +65,27 @@ class LFUPolicy:
 def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
     """Length of the common prefix of two token sequences."""
     n = min(len(a), len(b))
-    for i in range(n):
+    if n and a[0] != b[0]:
+        return 0  # the common case when walking a node's children
+    if n > 32:
+        # Long edges (a shared rules segment is hundreds of tokens): compare slices, halving the
+        # window, instead of a Python loop per token.
+        if type(a) is not type(b):  # a tuple never equals a list: compare like with like
+            a, b = list(a), list(b)
+        lo, hi = 0, n
+        if a[:n] == b[:n]:
+            return n
+        while hi - lo > 32:
+            mid = (lo + hi) // 2
+            if a[lo:mid] == b[lo:mid]:
+                lo = mid
+            else:
+                hi = mid
+        n = hi
+        start = lo
+    else:
+        start = 0
+    for i in range(start, n):
         if a[i] != b[i]:
             return i
     return n
