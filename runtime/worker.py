@@ -33,6 +33,9 @@ class WorkerConfig:
         max_batch_size: most rows decoding together.
         max_prefill_tokens: most uncached prompt tokens prefilled per step.
         cache_bytes: radix cache budget; 0 disables prefix caching.
+        cache_policy: what the radix cache evicts first: ``"lfu"`` (least often hit, then least
+            recently used: an agent's persona, hit every tick, outlives the one-off observation
+            tails inserted after it) or ``"lru"``.
         verify: check file checksums on load.
     """
 
@@ -43,6 +46,7 @@ class WorkerConfig:
     max_batch_size: int = 64
     max_prefill_tokens: int = 8192
     cache_bytes: int = 512 << 20
+    cache_policy: str = "lfu"
     verify: bool = True
     extra: dict = field(default_factory=dict)
 
@@ -52,9 +56,12 @@ def build_batcher(cfg: WorkerConfig):
     from runtime.artifacts import load_model_dir
     from runtime.batcher import Batcher
     from runtime.engine import OrtEngine
-    from runtime.kv_cache import RadixCache
+    from runtime.kv_cache import LFUPolicy, LRUPolicy, RadixCache
     from runtime.tokenizer import Tokenizer
 
+    policies = {"lfu": LFUPolicy, "lru": LRUPolicy}
+    if cfg.cache_policy not in policies:
+        raise ValueError(f"cache_policy must be one of {', '.join(policies)}, not {cfg.cache_policy!r}")
     art = load_model_dir(Path(cfg.model_dir), verify=cfg.verify)
     providers = list(cfg.providers) if isinstance(cfg.providers, tuple) else cfg.providers
     engine = OrtEngine(art, providers=providers, intra_op_threads=cfg.threads or None)
@@ -64,7 +71,7 @@ def build_batcher(cfg: WorkerConfig):
         art.info.bos_token_id,
         add_bos=bool(art.manifest.get("add_bos")),
     )
-    cache = RadixCache(cfg.cache_bytes) if cfg.cache_bytes > 0 else None
+    cache = RadixCache(cfg.cache_bytes, policies[cfg.cache_policy]()) if cfg.cache_bytes > 0 else None
     return Batcher(
         engine, tok, cache, max_batch_size=cfg.max_batch_size, max_prefill_tokens=cfg.max_prefill_tokens
     )

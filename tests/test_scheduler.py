@@ -118,3 +118,14 @@ def test_cascade_escalates_unsure_answers_to_the_teacher(ray_session, tiny_model
         Scheduler(specs[:1], cascades=[Cascade("x", "student", "nobody")])
     with pytest.raises(ValueError, match="threshold"):
         Cascade("x", "a", "b", threshold=1.5)
+
+
+def test_worker_cache_policy_is_configurable(tiny_models):
+    from runtime.kv_cache import LFUPolicy, LRUPolicy
+    from runtime.worker import build_batcher
+
+    model = str(tiny_models["qwen3"])
+    assert isinstance(build_batcher(WorkerConfig(model, threads=1)).cache.policy, LFUPolicy)
+    assert isinstance(build_batcher(WorkerConfig(model, threads=1, cache_policy="lru")).cache.policy, LRUPolicy)
+    with pytest.raises(ValueError, match="cache_policy"):
+        build_batcher(WorkerConfig(model, threads=1, cache_policy="fifo"))
