@@ -106,8 +106,9 @@ def _engine_seconds(scheduler) -> float:
     return sum(s["engine_s"] for s in scheduler.worker_stats())
 
 
-def _per_agent_hf(model_dir: Path, n: int, cfg: VillageBenchConfig, console: Console) -> dict:
-    """Each agent's prompt alone through transformers ``generate``, as many tokens as the runtime made."""
+def _per_agent_hf(model_dir: Path, n: int, cfg: VillageBenchConfig, new_tokens: int) -> dict:
+    """Each agent's prompt alone through transformers ``generate``, ``new_tokens`` each (as many as
+    the runtime made per decision on average)."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -128,9 +129,11 @@ def _per_agent_hf(model_dir: Path, n: int, cfg: VillageBenchConfig, console: Con
     with torch.inference_mode():
         for r in reqs:
             ids = torch.tensor([tok.encode_prompt(r.segments)])
-            model.generate(ids, max_new_tokens=24, min_new_tokens=24, do_sample=False, pad_token_id=0)
+            model.generate(
+                ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, pad_token_id=0
+            )
     wall = time.perf_counter() - t0
-    return {"decisions_per_s": len(reqs) / wall, "sampled_agents": len(reqs), "new_tokens_each": 24}
+    return {"decisions_per_s": len(reqs) / wall, "sampled_agents": len(reqs), "new_tokens_each": new_tokens}
 
 
 def run_village_bench(
@@ -216,7 +219,8 @@ def run_village_bench(
                 "threshold": cfg.cascade_threshold,
             }
         try:
-            baselines["per_agent_hf"] = _per_agent_hf(student_dir, n, cfg, console)
+            per_decision = cached["generated_tokens_per_s"] / max(cached["decisions_per_s"], 1e-9)
+            baselines["per_agent_hf"] = _per_agent_hf(student_dir, n, cfg, max(1, round(per_decision)))
         except (FileNotFoundError, ImportError) as e:
             console.print(f"[yellow]per_agent_hf skipped:[/yellow] {e}")
         base = baselines.get("per_agent_hf", {}).get("decisions_per_s")
