@@ -143,6 +143,17 @@ PRESETS: dict[str, ModelArgs] = {
         num_key_value_heads=1,
         intermediate_size=128,
     ),
+    # The talk student: wider than the act models (free text, a 2k vocabulary), still ~1.3M
+    # parameters; SmolLM2-135M-Instruct is its teacher (sequence-level distillation, exports.talk).
+    "talk-student": ModelArgs(
+        hidden_size=128,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=32,
+        intermediate_size=384,
+        max_position_embeddings=1024,
+    ),
     "tiny": ModelArgs(
         hidden_size=32,
         num_hidden_layers=1,

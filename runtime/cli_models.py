@@ -155,6 +155,26 @@ def _eval_cascade(args: argparse.Namespace, student: Path) -> int:
     return 0
 
 
+def cmd_models_build_talk(args: argparse.Namespace) -> int:
+    from exports.talk import TalkDataSpec, build_talk_model
+    from runtime.registry import search_path
+
+    out = Path(args.out).expanduser() if args.out else search_path()[-1]
+    spec = TalkDataSpec(
+        conversations=args.conversations, agents=args.agents, rounds=args.rounds, new_tokens=args.new_tokens
+    )
+    r = build_talk_model(
+        out, teacher=args.teacher, spec=spec, steps=args.steps, seed=args.seed, threads=args.threads
+    )
+    card = r["card"]
+    console.print(
+        f"[green]built[/green] {r['model']}: {card['parameters']:,} parameters, held-out loss "
+        f"{card['heldout']['heldout_persona']['loss']:.3f} on {card['heldout']['heldout_persona']['n']} "
+        f"utterances of {args.teacher}; compare with `murmurate bench talk --student {r['model']}`"
+    )
+    return 0
+
+
 def add_models_parser(sub: argparse._SubParsersAction) -> None:
     models = sub.add_parser("models", help="list and import models")
     msub = models.add_subparsers(dest="models", required=True)
@@ -184,6 +204,19 @@ def add_models_parser(sub: argparse._SubParsersAction) -> None:
         "--threads", type=int, default=None, help="torch threads for training (speed only; default 1)"
     )
     mb.set_defaults(fn=cmd_models_build)
+    mt = msub.add_parser(
+        "build-talk", help="distill SmolLM2's village conversations into the small talk model"
+    )
+    mt.add_argument("--out", default=None, help="target directory (default: the user models directory)")
+    mt.add_argument("--teacher", default="smollm2-135m", help="the talking teacher (name or directory)")
+    mt.add_argument("--conversations", type=int, default=12, help="casts the teacher talks in")
+    mt.add_argument("--agents", type=int, default=32, help="agents per cast")
+    mt.add_argument("--rounds", type=int, default=3, help="utterances per agent")
+    mt.add_argument("--new-tokens", type=int, default=32, help="most tokens per utterance")
+    mt.add_argument("--steps", type=int, default=1500, help="training steps")
+    mt.add_argument("--seed", type=int, default=0)
+    mt.add_argument("--threads", type=int, default=1, help="threads for the teacher and for training")
+    mt.set_defaults(fn=cmd_models_build_talk)
     me = msub.add_parser("eval", help="exact-match accuracy on a held-out split, through the runtime")
     me.add_argument("name", help="model name or directory")
     me.add_argument("--split", choices=["heldout_seed", "heldout_persona"], default="heldout_persona")
