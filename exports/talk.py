@@ -128,7 +128,7 @@ def build_talk_model(
     *,
     teacher: str = "smollm2-135m",
     spec: TalkDataSpec | None = None,
-    steps: int = 1500,
+    steps: int = 300,
     preset: str = "talk-student",
     seed: int = 0,
     threads: int = 1,
@@ -156,13 +156,16 @@ def build_talk_model(
     work.mkdir(parents=True, exist_ok=True)
     teacher_dir = resolve_model(teacher)
     data_path = work / ("talk-" + _digest(asdict(spec)) + ".jsonl")
-    t0 = time.time()
-    if data_path.is_file():
+    meta_path = data_path.with_suffix(".meta.json")
+    if data_path.is_file() and meta_path.is_file():
         data = load_dataset(data_path)
+        data_s = json.loads(meta_path.read_text())["wall_s"]
     else:
+        t0 = time.time()
         data = build_talk_dataset(teacher_dir, spec, threads=threads, progress=progress)
         save_dataset(data, data_path)
-    data_s = round(time.time() - t0, 1)
+        data_s = round(time.time() - t0, 1)
+        meta_path.write_text(json.dumps({"wall_s": data_s, "teacher": str(teacher_dir)}))
     if progress:
         print(
             f"[talk] {len(data['train'])} train / {len(data['heldout_persona'])} held-out utterances",

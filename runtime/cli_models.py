@@ -213,7 +213,7 @@ def add_models_parser(sub: argparse._SubParsersAction) -> None:
     mt.add_argument("--agents", type=int, default=32, help="agents per cast")
     mt.add_argument("--rounds", type=int, default=3, help="utterances per agent")
     mt.add_argument("--new-tokens", type=int, default=32, help="most tokens per utterance")
-    mt.add_argument("--steps", type=int, default=1500, help="training steps")
+    mt.add_argument("--steps", type=int, default=300, help="training steps (more overfits this much data)")
     mt.add_argument("--seed", type=int, default=0)
     mt.add_argument("--threads", type=int, default=1, help="threads for the teacher and for training")
     mt.set_defaults(fn=cmd_models_build_talk)
