@@ -1,0 +1,91 @@
+"""The models that ship in ``exports/models``: present, intact, as accurate as their cards say, the default."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+
+from exports.build import DENSE, STUDENT, TEACHER
+from runtime.artifacts import ModelError, load_model_dir
+from runtime.registry import find_model, search_path
+
+SHIPPED_DIR = Path(__file__).resolve().parent.parent / "exports" / "models"
+REQUIRED = (STUDENT, TEACHER, DENSE)
+SAMPLE = 60
+
+
+def shipped() -> list[str]:
+    return sorted(d.name for d in SHIPPED_DIR.iterdir() if (d / "murmurate.json").is_file())
+
+
+def test_the_default_models_ship_and_are_found_first():
+    assert search_path()[0] == SHIPPED_DIR
+    assert set(REQUIRED) <= set(shipped())
+    for name in shipped():
+        assert find_model(name) == SHIPPED_DIR / name
+    # What ships: the model directories (a local rebuild's hidden work directories do not).
+    size = sum(f.stat().st_size for name in shipped() for f in (SHIPPED_DIR / name).rglob("*") if f.is_file())
+    assert size <= 30 * 2**20, f"shipped models take {size / 2**20:.1f} MiB"
+
+
+@pytest.mark.parametrize("name", REQUIRED)
+def test_shipped_model_verifies_and_has_a_card(name):
+    art = load_model_dir(SHIPPED_DIR / name)  # every checksum, the card's included
+    assert art.name == name
+    card = json.loads((SHIPPED_DIR / name / "model_card.json").read_text())
+    assert card["task"] == "act" and card["built"]["scale"] == "full"
+    for split in ("heldout_seed", "heldout_persona"):
+        held = card["heldout"][split]
+        assert 0.0 < held["exact_match"] <= 1.0 and held["n"] >= 100
+    assert card["runtime"]["decisions_per_s"] > 0
+    if name == TEACHER:
+        assert card["architecture"] == "qwen3_moe" and card["active_parameters"] < card["parameters"]
+
+
+@pytest.fixture(scope="module")
+def heldout_persona():
+    from exports.build import heldout_examples
+
+    return heldout_examples(SHIPPED_DIR / STUDENT, "heldout_persona")
+
+
+@pytest.mark.parametrize("name", [STUDENT, TEACHER])
+def test_shipped_model_reaches_its_card_accuracy_on_a_sample(name, heldout_persona):
+    from exports.card import runtime_accuracy
+
+    card = json.loads((SHIPPED_DIR / name / "model_card.json").read_text())
+    p = card["heldout"]["heldout_persona"]["exact_match"]
+    r = runtime_accuracy(SHIPPED_DIR / name, heldout_persona, limit=SAMPLE)
+    # The card measured more examples; a sample may fall short by chance, not by three sigmas.
+    slack = 3 * math.sqrt(p * (1 - p) / SAMPLE)
+    assert r["n"] == SAMPLE and r["parse_fail"] == 0
+    assert r["exact_match"] >= p - slack, (r["exact_match"], p)
+
+
+def test_a_corrupt_or_mismatched_shipped_model_fails_clearly(tmp_path):
+    bad = shutil.copytree(SHIPPED_DIR / STUDENT, tmp_path / "corrupt")
+    data = bytearray((bad / "model.onnx").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (bad / "model.onnx").write_bytes(bytes(data))
+    with pytest.raises(ModelError, match="checksum mismatch for model.onnx"):
+        load_model_dir(bad)
+    # Another model's tokenizer in its place: caught by the checksums before anything runs.
+    other = shutil.copytree(SHIPPED_DIR / STUDENT, tmp_path / "mismatched")
+    shutil.copy2(SHIPPED_DIR / TEACHER / "config.json", other / "config.json")
+    with pytest.raises(ModelError, match="checksum mismatch for config.json"):
+        load_model_dir(other)
+
+
+def test_run_village_thinks_with_the_shipped_student_by_default(ray_session, tmp_path, monkeypatch):
+    from runtime.cli import main
+
+    monkeypatch.setenv("SDL_VIDEODRIVER", "dummy")
+    out = tmp_path / "run"
+    assert main(["run", "village", "--ticks", "3", "--headless", "--out", str(out), "--worker-cpus", "0.5"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["brain"] == "ModelBrain" and summary["model"] == STUDENT
+    assert summary["decisions"] == 36 and summary["fallbacks"] == 0
