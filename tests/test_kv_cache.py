@@ -126,3 +126,17 @@ def test_cache_invariants(ops, budget):
         assert c.total_bytes <= max(budget, c.locked_bytes())
         for _, prefix in locked:  # locked paths survive every eviction
             assert c.match_prefix(prefix).length == len(prefix)
+
+
+def test_a_full_large_cache_frees_a_slack_at_once():
+    from runtime.kv_cache import EVICT_SLACK, EVICT_SLACK_MIN_BUDGET
+
+    token_bytes = 8 << 10  # one fake token's KV
+    per = 64  # tokens per entry
+    c = RadixCache(budget_bytes=EVICT_SLACK_MIN_BUDGET, nbytes=lambda v: v.shape[-1] * token_bytes)
+    fits = EVICT_SLACK_MIN_BUDGET // (per * token_bytes)
+    for i in range(fits + 1):
+        c.insert([i + 1] + [0] * (per - 1), np.zeros((1, 1, 1, per)))
+    # One insert over the budget evicts down to the low watermark, not just below the budget.
+    assert c.total_bytes <= EVICT_SLACK_MIN_BUDGET * (1 - EVICT_SLACK)
+    assert c.match_prefix([fits + 1] + [0] * (per - 1)).length == per  # the newest stays
