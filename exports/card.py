@@ -8,9 +8,11 @@ so the card is covered by the checksums like every other file.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -246,3 +248,60 @@ def cascade_accuracy(
         "teacher": teacher_acc,
         "rows": rows,
     }
+
+
+def heldout_examples(model_dir: str | Path, split: str, data_path: str | Path | None = None) -> list[Any]:
+    """The examples of a held-out ``split`` for the model in ``model_dir``.
+
+    The dataset comes from, in order: ``data_path``; the build directory the model was built in
+    (``<model_dir>/../.build/act.jsonl``) if its spec is the card's; a cached rollout of the card's
+    dataset spec; a fresh rollout of that spec (cached for next time). The expert rollout is
+    deterministic in its spec, so all of these are the same examples. A model without a card is
+    evaluated on the default spec's split.
+
+    Raises:
+        ValueError: for a split that is not held out.
+    """
+    from exports.dataset import DatasetSpec, build_act_dataset, load_dataset, save_dataset
+    from exports.train import HELDOUT
+
+    if split not in HELDOUT:
+        raise ValueError(f"split must be one of {', '.join(HELDOUT)}, not {split!r}")
+    if data_path is not None:
+        return load_dataset(data_path)[split]
+    card = read_model_card(model_dir) or {}
+    spec_fields = (card.get("built") or {}).get("dataset_spec")
+    spec = DatasetSpec(**spec_fields) if spec_fields else DatasetSpec()
+    local = Path(model_dir).resolve().parent / ".build" / "act.jsonl"  # exports.build.WORK
+    if local.is_file():
+        data = load_dataset(local)
+        if data.spec == spec:
+            return data[split]
+    from runtime.registry import search_path
+
+    digest = hashlib.sha256(json.dumps(asdict(spec), sort_keys=True).encode()).hexdigest()[:16]
+    cached = search_path()[-1].parent / "datasets" / f"act-{digest}.jsonl"
+    if cached.is_file():
+        return load_dataset(cached)[split]
+    data = build_act_dataset(spec, progress=True)
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    save_dataset(data, cached)
+    return data[split]
+
+
+def eval_model(
+    model_dir: str | Path,
+    split: str = "heldout_persona",
+    *,
+    limit: int = 0,
+    data_path: str | Path | None = None,
+    threads: int = 1,
+) -> dict[str, Any]:
+    """Exact-match accuracy of ``model_dir`` on a held-out split, served by the runtime.
+
+    See :func:`exports.card.runtime_accuracy` (constrained greedy decoding, parsed and compared
+    with the expert's action) and :func:`heldout_examples` (where the examples come from).
+    """
+    examples = heldout_examples(model_dir, split, data_path)
+    result = runtime_accuracy(model_dir, examples, limit=limit, threads=threads)
+    return {"split": split, **result}
