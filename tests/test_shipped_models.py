@@ -89,3 +89,14 @@ def test_run_village_thinks_with_the_shipped_student_by_default(ray_session, tmp
     summary = json.loads((out / "summary.json").read_text())
     assert summary["brain"] == "ModelBrain" and summary["model"] == STUDENT
     assert summary["decisions"] == 36 and summary["fallbacks"] == 0
+
+
+def test_run_village_cascade_escalates_to_the_shipped_teacher(ray_session, tmp_path, monkeypatch):
+    from runtime.cli import main
+
+    monkeypatch.setenv("SDL_VIDEODRIVER", "dummy")
+    out = tmp_path / "run"
+    args = ["run", "village", "--ticks", "2", "--headless", "--out", str(out), "--worker-cpus", "0.5"]
+    assert main([*args, "--cascade", "--threshold", "0.8"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["model"] == f"{STUDENT}>{TEACHER}" and summary["decisions"] == 24
