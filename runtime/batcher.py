@@ -36,7 +36,7 @@ class Sequence:
     prompt: list[int]
     arrival: float = 0.0
     rng: np.random.Generator | None = None
-    prefix_kv: np.ndarray | None = None  # cached prefix KV, (L, 2, H, cached, D), until prefill
+    prefix_kv: list[np.ndarray] | None = None  # cached prefix KV segments, (L, 2, H, n, D), until prefill
     matcher: object | None = None
     out: list[int] = field(default_factory=list)
     pending: list[int] = field(default_factory=list)  # tokens to feed on the next pass
@@ -173,20 +173,23 @@ class Batcher:
             self._match(seq)
         return admitted
 
-    def _match(self, seq: Sequence) -> np.ndarray | None:
+    def _match(self, seq: Sequence) -> list[np.ndarray] | None:
         if self.cache is None:
             return None
         m = self.cache.match_prefix(seq.prompt)
         self.cache.lock(m.node)
         seq.node = m.node
-        kv = self.cache.gather(m)
+        # The matched nodes' KV, not concatenated: the prefill copies each straight into its batch.
+        segments = [n.value for n in m.path]
         length = m.length
         if length == len(seq.prompt):  # fully cached: recompute the last token to get its logits
             length -= 1
-            kv = kv[:, :, :, :length] if length else None
+            last = segments.pop()
+            if last.shape[3] > 1:
+                segments.append(last[:, :, :, :-1])
         seq.cached = length
-        seq.prefix_kv = kv
-        return kv
+        seq.prefix_kv = segments or None
+        return seq.prefix_kv
 
     def _prefill_shared(self, prompts: list[list[int]], depth: int = 0) -> None:
         """Compute once, and cache, each prefix that two or more of ``prompts`` share beyond the cache."""

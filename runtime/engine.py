@@ -87,16 +87,27 @@ class BatchKV:
         )
 
     @staticmethod
-    def from_prefixes(info: ModelInfo, prefixes: list[np.ndarray | None], dtype=np.float32) -> BatchKV:
-        """Left-padded batch from per-row prefix KV arrays ``(L, 2, H, m, D)`` (``None`` = empty)."""
-        lengths = [0 if p is None else p.shape[3] for p in prefixes]
+    def from_prefixes(
+        info: ModelInfo, prefixes: list[np.ndarray | list[np.ndarray] | None], dtype=np.float32
+    ) -> BatchKV:
+        """Left-padded batch from per-row prefix KV ``(L, 2, H, m, D)`` (``None`` = empty).
+
+        A row's prefix may be a list of such arrays in token order (the radix-tree nodes it
+        matched), copied one after another straight into the batch.
+        """
+        segs = [[] if p is None else (p if isinstance(p, list) else [p]) for p in prefixes]
+        lengths = [sum(a.shape[3] for a in row) for row in segs]
         rows, width = len(prefixes), max(lengths, default=0)
         L, H, D = info.num_layers, info.num_kv_heads, info.head_dim
         buf = np.zeros((L, 2, rows, H, width, D), dtype)  # one allocation, 2L contiguous views
         mask = np.zeros((rows, width), np.int64)
-        for b, (p, m) in enumerate(zip(prefixes, lengths)):
+        for b, (row, m) in enumerate(zip(segs, lengths)):
+            at = width - m
+            for a in row:
+                n = a.shape[3]
+                buf[:, :, b, :, at : at + n, :] = a
+                at += n
             if m:
-                buf[:, :, b, :, width - m :, :] = p
                 mask[b, width - m :] = 1
         return BatchKV([buf[i, j] for i in range(L) for j in range(2)], mask)
 

@@ -150,3 +150,8 @@ def test_batch_kv_layout_ops():
     both = BatchKV.concat([small, kv.select([0])])
     assert both.width == 3 and both.mask.sum(axis=1).tolist() == [0, 1, 3]
     np.testing.assert_array_equal(both.row_tokens(2, 0, 3), p1)
+    # A prefix given as the radix nodes' segments lands exactly like the concatenated array.
+    segs = BatchKV.from_prefixes(info, [[p1[:, :, :, :1], p1[:, :, :, 1:]], None, [p1[:, :, :, :1]]])
+    assert segs.mask.tolist() == kv.mask.tolist()
+    for a, b in zip(segs.kv, kv.kv):
+        np.testing.assert_array_equal(a, b)
