@@ -89,6 +89,7 @@ class BuildPlan:
 
 
 def _digest(obj: Any) -> str:
+    """A short hash of JSON-able ``obj``, ``threads`` fields left out (they change speed only)."""
     def scrub(o: Any) -> Any:
         if isinstance(o, dict):
             return {k: scrub(v) for k, v in o.items() if k != "threads"}
@@ -356,7 +357,7 @@ def _export(
     export, the MoE forward would then compute that loss too and fail on the export's empty
     attention mask. Inference never needs it, so the exported config drops it.
     """
-    from exports.onnx_export import export_model
+    from exports.onnx_export import TOKENIZER_FILES, export_model
     from runtime.artifacts import MANIFEST, write_manifest
 
     if src.exists():
@@ -377,9 +378,8 @@ def _export(
         for f in ("config.json", "generation_config.json", "model.safetensors"):
             if (hf_dir / f).is_file():
                 shutil.copy2(hf_dir / f, hf_copy / f)
-        for f in src.iterdir():
-            if f.name.startswith(("tokenizer", "special_tokens")):
-                shutil.copy2(f, hf_copy / f.name)
+        for f in TOKENIZER_FILES:
+            shutil.copy2(src / f, hf_copy / f)
         manifest = json.loads((target / MANIFEST).read_text())
         kept = {k: v for k, v in manifest.items() if k not in ("files", "name", "format_version")}
         write_manifest(target, name, {**kept, "hf_dir": "hf"})

@@ -208,8 +208,7 @@ def cascade_accuracy(
         ``n``, ``student`` and ``teacher`` (exact match alone) and ``rows``: per threshold its
         ``exact_match``, ``teacher_share`` and ``of_teacher`` (accuracy relative to the teacher's).
     """
-    from agents.actions import ActionParseError, parse_action
-    from exports.dataset import seeded_sample
+    from exports.dataset import ActionScore, seeded_sample
     from runtime.cascade import confidence
     from worlds import world_class
 
@@ -217,14 +216,11 @@ def cascade_accuracy(
     examples = seeded_sample(examples, limit)
 
     def graded(model_dir: str | Path) -> list[tuple[bool, float, bool]]:
-        rows = []
-        for ex, res in serve_examples(model_dir, examples, world=world, threads=threads):
-            try:
-                ok = res.error is None and parse_action(union, res.text) == parse_action(union, ex.target)
-            except ActionParseError:
-                ok = False
-            rows.append((ok, confidence(res) if res.ok else 0.0, res.ok))
-        return rows
+        score = ActionScore(union, max_mistakes=0)
+        return [
+            (score.add(ex, res.text, served=res.error is None), confidence(res) if res.ok else 0.0, res.ok)
+            for ex, res in serve_examples(model_dir, examples, world=world, threads=threads)
+        ]
 
     student, teacher = graded(student_dir), graded(teacher_dir)
     n = max(len(examples), 1)

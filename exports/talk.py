@@ -143,7 +143,7 @@ def build_talk_model(
 
     from safetensors.torch import load_file
 
-    from exports.build import _export
+    from exports.build import _digest, _export
     from exports.card import write_model_card
     from exports.dataset import runtime_tokenizer
     from exports.presets import ModelArgs
@@ -210,9 +210,3 @@ def build_talk_model(
         },
     )
     return {"model": target, "card": card}
-
-
-def _digest(obj: Any) -> str:
-    import hashlib
-
-    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:12]
