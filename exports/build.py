@@ -1,8 +1,9 @@
 """The model factory end to end: ``murmurate models build``.
 
 dataset -> tokenizer -> MoE teacher (``act-moe``) -> dense baseline of equal active parameters
-(``act-dense``) -> distilled student (``act-student``) -> ONNX exports (last-token logits) ->
-int8 variant of the student where it keeps accuracy -> model cards with measured numbers.
+(``act-dense``) -> distilled student (``act-student``) -> DAgger rounds on the student's own
+closed-loop states (``exports.dagger``) -> ONNX exports (last-token logits) -> int8 variant of the
+student where it keeps accuracy -> model cards with measured numbers.
 
 Every stage writes under ``out_root/.build`` (a hidden directory, so the model registry does not
 mistake it for a model) and is recorded in ``.build/state.json`` once finished; a re-run skips
@@ -21,6 +22,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from exports.dagger import DaggerConfig
 from exports.dataset import DatasetSpec
 
 TEACHER, DENSE, STUDENT = "village-act-teacher", "village-act-dense", "village-act"
@@ -43,6 +45,7 @@ class BuildPlan:
         teacher: the MoE teacher's training run.
         dense: the dense baseline's.
         student: the distilled student's (its ``teacher`` is filled in by the build).
+        dagger: the DAgger rounds that fine-tune the distilled student on its own states.
         card_examples: held-out examples per split evaluated through the runtime for the cards.
         speed_batch: prompts in the decisions/s measurement.
         int8_prompts: prompts on which the int8 student must agree with the fp32 one.
@@ -59,6 +62,7 @@ class BuildPlan:
     speed_batch: int
     int8_prompts: int
     int8_min_agreement: float
+    dagger: DaggerConfig = DaggerConfig()
 
     def to_dict(self) -> dict[str, Any]:
         return json.loads(json.dumps(asdict(self), default=str))
@@ -79,8 +83,9 @@ class BuildPlan:
         for run in ("teacher", "dense"):
             keys[TRAIN_STAGE[run]] = _digest([keys["tokenizer"], d[run]])
         keys[TRAIN_STAGE["student"]] = _digest([keys["train-teacher"], d["student"]])
+        keys["dagger-student"] = _digest([keys["distill-student"], d["dagger"]])
         for run, stage in TRAIN_STAGE.items():
-            keys[f"export-{run}"] = _digest([keys[stage]])
+            keys[f"export-{run}"] = _digest([keys["dagger-student" if run == "student" else stage]])
         keys["quantize-student"] = _digest(
             [keys["export-student"], d["int8_prompts"], d["int8_min_agreement"]]
         )
@@ -90,6 +95,7 @@ class BuildPlan:
 
 def _digest(obj: Any) -> str:
     """A short hash of JSON-able ``obj``, ``threads`` fields left out (they change speed only)."""
+
     def scrub(o: Any) -> Any:
         if isinstance(o, dict):
             return {k: scrub(v) for k, v in o.items() if k != "threads"}
@@ -108,6 +114,7 @@ def make_plan(
     run_steps: dict[str, int] | None = None,
     threads: int | None = None,
     int8_min_agreement: float | None = None,
+    dagger_rounds: int | None = None,
 ) -> BuildPlan:
     """The build plan for ``scale``.
 
@@ -120,6 +127,7 @@ def make_plan(
         threads: torch threads for training (not part of any stage key).
         int8_min_agreement: override the int8 keep threshold (the tiny models are barely trained
             and disagree with themselves under any perturbation; tests pass 0 to keep the variant).
+        dagger_rounds: override the number of DAgger rounds (0: ship the distilled student as is).
 
     Raises:
         ValueError: for an unknown scale.
@@ -140,7 +148,8 @@ def make_plan(
             steps=20, batch_size=8, lr=1e-2, warmup=4, save_every=10, log_every=5, eval_examples=6, seed=seed
         )
         teacher, dense, student = (replace(base, preset=p) for p in ("tiny-moe", "tiny", "tiny"))
-        plan = BuildPlan("tiny", data, 512, teacher, dense, student, 6, 6, 6, 0.9)
+        dagger = DaggerConfig(rounds=1, worlds=1, ticks=6, sample_rate=0.5, steps=4, seed=seed)
+        plan = BuildPlan("tiny", data, 512, teacher, dense, student, 6, 6, 6, 0.9, dagger)
     elif scale == "full":
         data = DatasetSpec(seed=seed)
         base = TrainConfig(seed=seed)
@@ -148,7 +157,8 @@ def make_plan(
         # The dense baseline is compared with the teacher's checkpoint at the same step count.
         dense = replace(base, preset="act-dense", steps=1000)
         student = replace(base, preset="act-student", steps=1500)
-        plan = BuildPlan("full", data, base.vocab_size, teacher, dense, student, 300, 64, 64, 0.97)
+        dagger = DaggerConfig(seed=seed)
+        plan = BuildPlan("full", data, base.vocab_size, teacher, dense, student, 300, 64, 64, 0.97, dagger)
     else:
         raise ValueError(f"unknown scale {scale!r}; use 'tiny' or 'full'")
     overrides = {run: steps for run in TRAIN_STAGE} if steps is not None else {}
@@ -165,6 +175,10 @@ def make_plan(
         plan = replace(plan, **{run: replace(getattr(plan, run), threads=threads) for run in TRAIN_STAGE})
     if int8_min_agreement is not None:
         plan = replace(plan, int8_min_agreement=int8_min_agreement)
+    if dagger_rounds is not None:
+        if dagger_rounds < 0:
+            raise ValueError(f"dagger rounds must be 0 or more, not {dagger_rounds}")
+        plan = replace(plan, dagger=replace(plan.dagger, rounds=dagger_rounds))
     return plan
 
 
@@ -203,6 +217,7 @@ def build_models(
     run_steps: dict[str, int] | None = None,
     threads: int | None = None,
     int8_min_agreement: float | None = None,
+    dagger_rounds: int | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Build the village ``act`` models into ``out_root/<name>``.
@@ -217,6 +232,7 @@ def build_models(
         run_steps: override the steps of single runs (``teacher``, ``dense``, ``student``).
         threads: torch threads for training (speed only: results and stage keys do not change).
         int8_min_agreement: override the greedy-agreement threshold for keeping the int8 student.
+        dagger_rounds: override the DAgger rounds after distillation (0: none).
         progress: print stage lines and show training progress bars.
 
     Returns:
@@ -230,6 +246,7 @@ def build_models(
         run_steps=run_steps,
         threads=threads,
         int8_min_agreement=int8_min_agreement,
+        dagger_rounds=dagger_rounds,
     )
     out_root = Path(out_root)
     work = out_root / WORK
@@ -296,6 +313,27 @@ def build_models(
         lambda: run_training(student_cfg, runs["student"]),
         ("train-teacher",),
     )
+    from exports.dagger import run_dagger
+
+    dagger_dir = work / "dagger"
+    dagger = stage(
+        "dagger-student",
+        [dagger_dir / "hf"],
+        lambda: run_dagger(
+            runs["student"] / "hf",
+            data,
+            dagger_dir,
+            plan.dagger,
+            plan.student,
+            threads=plan.student.threads,
+            progress=progress,
+        ),
+        ("distill-student",),
+    )
+    # The shipped student is the DAgger-tuned one; its torch metrics are its last round's.
+    student_hf = dagger_dir / "hf"
+    if plan.dagger.rounds:
+        runs["student"] = dagger_dir / f"round{plan.dagger.rounds - 1}" / "run"
 
     exports = {
         TEACHER: ("teacher", plan.teacher),
@@ -310,8 +348,14 @@ def build_models(
             f"export-{run}",
             [target / "model.onnx"],
             lambda r=run, t=target, n=name, e=extra: _export(
-                runs[r] / "hf", work / "export-src" / r, t, n, e, keep_hf=r == "student"
+                student_hf if r == "student" else runs[r] / "hf",
+                work / "export-src" / r,
+                t,
+                n,
+                e,
+                keep_hf=r == "student",
             ),
+            ("dagger-student",) if run == "student" else (),
         )
         models[name] = target
 
@@ -342,7 +386,7 @@ def build_models(
     cards = stage(
         "cards",
         [m / "model_card.json" for m in models.values()],
-        lambda: _write_cards(plan, data, models, runs, int8),
+        lambda: _write_cards(plan, data, models, runs, int8, dagger),
         deps=("export-teacher", "export-dense", "export-student", "quantize-student"),
     )
     return {"models": models, "ran": ran, "skipped": skipped, "cards": cards["cards"], "int8": int8}
@@ -394,7 +438,12 @@ def save_and_count(data: Any, path: Path) -> dict[str, int]:
 
 
 def _write_cards(
-    plan: BuildPlan, data: Any, models: dict[str, Path], runs: dict[str, Path], int8: dict[str, Any]
+    plan: BuildPlan,
+    data: Any,
+    models: dict[str, Path],
+    runs: dict[str, Path],
+    int8: dict[str, Any],
+    dagger: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Measure each exported model in the runtime and write its card."""
     from exports.card import measure_decisions_per_s, runtime_accuracy, write_model_card
@@ -433,6 +482,15 @@ def _write_cards(
             "dataset_spec": asdict(data.spec),
             "vocab_size": plan.vocab_size,
             "distilled_from": TEACHER if run == "student" else None,
+            "dagger": (
+                {
+                    **asdict(plan.dagger),
+                    "rounds_run": (dagger or {}).get("rounds"),
+                    "examples": (dagger or {}).get("examples"),
+                }
+                if run == "student" and plan.dagger.rounds
+                else None
+            ),
             "train_wall_s": metrics.get("wall_s_this_run"),
         }
         runtime = measure_decisions_per_s(model_dir, speed_prompts)

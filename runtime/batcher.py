@@ -108,8 +108,11 @@ class Batcher:
         )
         self.eos = set(tokenizer.eos_token_ids)
         self.waiting: list[Sequence] = []
-        self.running: list[Sequence] = []
-        self.kv: BatchKV = engine.empty_kv(0)
+        # Rows decoding, in cohorts: each prefill group keeps its own KV batch, so admitting rows
+        # never copies the KV of rows already running (a cohort's batch is copied only when some of
+        # its rows finish). Small cohorts are merged when there are more than ``max_cohorts``.
+        self.cohorts: list[tuple[list[Sequence], BatchKV]] = []
+        self.max_cohorts = 8
         self.stats = BatcherStats()
         self._done: list[Result] = []
 
@@ -133,14 +136,19 @@ class Batcher:
 
     @property
     def has_work(self) -> bool:
-        return bool(self.waiting or self.running or self._done)
+        return bool(self.waiting or self.cohorts or self._done)
+
+    @property
+    def running(self) -> list[Sequence]:
+        """Every row decoding now."""
+        return [s for seqs, _ in self.cohorts for s in seqs]
 
     def step(self) -> list[Result]:
         """One scheduling iteration; returns the requests that finished in it."""
         admitted = self._admit()
         if admitted:
             self._prefill(admitted)
-        if self.running:
+        if self.cohorts:
             self._decode()
         done, self._done = self._done, []
         return done
@@ -157,11 +165,11 @@ class Batcher:
 
     # ---- admission and prefix matching -------------------------------------------------------
     def _admit(self) -> list[Sequence]:
-        room = self.max_batch_size - len(self.running)
+        room = self.max_batch_size - sum(len(seqs) for seqs, _ in self.cohorts)
         admitted, budget = [], self.max_prefill_tokens
         while self.waiting and room > 0:
             seq = self.waiting[0]
-            need = len(seq.prompt)
+            need = self._uncached(seq.prompt) if self.cache is not None else len(seq.prompt)
             if admitted and need > budget:
                 break
             admitted.append(self.waiting.pop(0))
@@ -249,8 +257,13 @@ class Batcher:
         for group in groups:
             logits, kv = self._forward_prefill(group, sample=True)
             alive = self._sample_rows(group, logits)
-            self.running.extend(group[i] for i in alive)
-            self.kv = BatchKV.concat([self.kv, kv.select(alive)]) if alive else self.kv
+            if alive:
+                self.cohorts.append(([group[i] for i in alive], kv.select(alive)))
+        if len(self.cohorts) > self.max_cohorts:  # many small cohorts: one batch decodes faster
+            self.cohorts.sort(key=lambda c: len(c[0]))
+            merge = self.cohorts[: len(self.cohorts) - self.max_cohorts + 1]
+            merged = ([s for seqs, _ in merge for s in seqs], BatchKV.concat([kv for _, kv in merge]))
+            self.cohorts = [*self.cohorts[len(merge) :], merged]
 
     def _forward_prefill(self, seqs: list[Sequence], sample: bool) -> tuple[np.ndarray, BatchKV]:
         if not sample:
@@ -272,12 +285,14 @@ class Batcher:
 
     # ---- decode -------------------------------------------------------------------------------
     def _decode(self) -> None:
-        logits, self.kv = self._forward(self.running, self.kv)
-        self.stats.decode_passes += 1
-        alive = self._sample_rows(self.running, logits)
-        if len(alive) < len(self.running):
-            self.running = [self.running[i] for i in alive]
-            self.kv = self.kv.select(alive)
+        cohorts = []
+        for seqs, kv in self.cohorts:
+            logits, kv = self._forward(seqs, kv)
+            self.stats.decode_passes += 1
+            alive = self._sample_rows(seqs, logits)
+            if alive:
+                cohorts.append(([seqs[i] for i in alive], kv.select(alive)))
+        self.cohorts = cohorts
 
     def _forward(self, seqs: list[Sequence], past: BatchKV) -> tuple[np.ndarray, BatchKV]:
         """Feed each row its pending tokens (right-aligned) in one pass."""

@@ -70,6 +70,7 @@ def cmd_models_build(args: argparse.Namespace) -> int:
         steps=args.steps,
         run_steps=run_steps,
         threads=args.threads,
+        dagger_rounds=args.dagger_rounds,
         progress=True,
     )
     rows = []
@@ -200,6 +201,12 @@ def add_models_parser(sub: argparse._SubParsersAction) -> None:
     for run in ("teacher", "dense", "student"):
         mb.add_argument(f"--{run}-steps", type=int, default=None, help=f"training steps of the {run} only")
     mb.add_argument("--seed", type=int, default=0)
+    mb.add_argument(
+        "--dagger-rounds",
+        type=int,
+        default=None,
+        help="DAgger rounds on the student's own closed-loop states (default: the plan's; 0: none)",
+    )
     mb.add_argument(
         "--threads", type=int, default=None, help="torch threads for training (speed only; default 1)"
     )

@@ -22,6 +22,7 @@ ALL_STAGES = [
     "train-teacher",
     "train-dense",
     "distill-student",
+    "dagger-student",
     "export-teacher",
     "export-dense",
     "export-student",
@@ -64,6 +65,12 @@ def test_build_runs_every_stage_and_makes_three_carded_models(built):
     assert teacher["active_parameters"] < teacher["parameters"]
     student = json.loads((out / STUDENT / "model_card.json").read_text())
     assert student["built"]["distilled_from"] == TEACHER and student["int8_check"]["n"] > 0
+    # DAgger: the student ran in closed loop, the expert labelled what it saw, it was fine-tuned.
+    dagger = student["built"]["dagger"]
+    assert dagger["rounds"] == 1 and dagger["examples"] > 0
+    (record,) = dagger["rounds_run"]
+    assert 0.0 <= record["on_policy_match_before"] <= 1.0 and record["examples"] == dagger["examples"]
+    assert teacher["built"]["dagger"] is None
     assert student["runtime"]["speedup_vs_teacher"] > 0 and "speedup_vs_teacher" not in teacher["runtime"]
     # The student carries its transformers weights (for the per-agent baseline), checksummed.
     from runtime.artifacts import hf_weights_dir
@@ -227,7 +234,7 @@ def test_models_build_command_defaults_to_the_user_models_dir(built, tmp_path, m
 
     monkeypatch.setattr(exports.build, "build_models", fake_build)
     monkeypatch.setenv("MURMURATE_MODELS", str(tmp_path / "user"))
-    assert main(["models", "build", "--scale", "tiny", "--steps", "7", "--seed", "3", "--student-steps", "9"]) == 0
+    assert main(["models", "build", "--scale", "tiny", "--steps", "7", "--seed", "3", "--student-steps", "9", "--dagger-rounds", "0"]) == 0
     out, kw = calls[0]
     assert out == tmp_path / "user"  # where `--model village-act` looks
     assert kw == {
@@ -236,6 +243,7 @@ def test_models_build_command_defaults_to_the_user_models_dir(built, tmp_path, m
         "steps": 7,
         "run_steps": {"student": 9},
         "threads": None,
+        "dagger_rounds": 0,
         "progress": True,
     }
     assert "village-act" in capsys.readouterr().out
@@ -250,7 +258,7 @@ def test_changed_run_redoes_only_what_depends_on_it(built, tmp_path):
     result = build_models(
         work, scale="tiny", run_steps={"student": steps}, threads=2, int8_min_agreement=0.0, progress=False
     )
-    assert result["ran"] == ["distill-student", "export-student", "quantize-student", "cards"]
+    assert result["ran"] == ["distill-student", "dagger-student", "export-student", "quantize-student", "cards"]
     assert {"dataset", "tokenizer", "train-teacher", "train-dense", "export-teacher"} <= set(result["skipped"])
     import torch
 

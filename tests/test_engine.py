@@ -82,6 +82,36 @@ def test_requests_join_a_running_batch(tiny_models):
         assert got[req.id].token_ids == ref.token_ids
 
 
+def test_prefill_budget_counts_uncached_tokens_and_cohorts_merge(tiny_models):
+    """A warm cache lets a step admit every request its budget allows by *uncached* tokens, and
+    many small decode cohorts (one per admission) merge without changing any output."""
+    reqs = requests(12, temperature=0.8, seed=5)
+    reference = make_batcher(tiny_models["qwen3"], cache=False).run(reqs)
+    full = max(len(make_batcher(tiny_models["qwen3"], cache=False).tok.encode_prompt(r.segments)) for r in reqs)
+    b = make_batcher(tiny_models["qwen3"], max_prefill_tokens=full)
+    b.run(reqs[:1])  # caches the shared prefix
+    passes = b.stats.prefill_passes
+    b.max_cohorts = 2
+    for r in reqs:
+        b.add(r)
+    b.step()  # whole prompts would admit one request; uncached tails admit them all
+    assert sum(len(seqs) for seqs, _ in b.cohorts) == len(reqs)
+    while b.has_work:
+        b.step()
+    assert b.stats.prefill_passes - passes <= 3
+    b2 = make_batcher(tiny_models["qwen3"], max_prefill_tokens=1, max_batch_size=8)
+    b2.max_cohorts = 2  # one request admitted per step: cohorts pile up and merge
+    got = {}
+    for r in reqs:
+        b2.add(r)
+    while b2.has_work:
+        for res in b2.step():
+            got[res.id] = res
+        assert len(b2.cohorts) <= 2
+    for req, ref in zip(reqs, reference):
+        assert got[req.id].token_ids == ref.token_ids
+
+
 def test_seed_changes_sampled_output(tiny_models):
     b = make_batcher(tiny_models["qwen3"], cache=False)
     base = Request(

@@ -1,0 +1,230 @@
+"""DAgger rounds for an ``act`` student: the student drives the village, the expert labels it.
+
+Held-out accuracy scores a model on the states the *expert* visits. Left to itself, a model that
+decides a need's threshold one tick late drifts into states the expert never reaches (an agent
+past exhaustion, a hunger far above its threshold) where it has seen no example at all, and its
+errors compound: the first shipped student matched the expert on 70% of held-out decisions but on
+11% of its own. DAgger (Ross, Gordon & Bagnell, 2011) closes that gap: run the current model in
+closed loop on training casts, ask the expert what it would have done in every visited state (the
+expert reads only the prompt, so any state can be labelled), add those examples to the training
+set and fine-tune; repeat.
+
+Each round here:
+
+1. exports the current weights to ONNX and runs them through the runtime (constrained decoding,
+   exactly as in ``murmurate run village``) on ``worlds`` training casts with fresh world seeds
+   (never a held-out seed, never a held-out persona);
+2. keeps a ``sample_rate`` share of the decisions as ``(prompt, expert action)`` examples
+   (with probability ``beta`` the expert's action is executed instead of the model's, so early
+   rounds do not wander too far);
+3. fine-tunes from the current weights on the original training split plus every round's
+   examples, with the expert's labels (cross-entropy) and a fresh, shorter schedule.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from exports.dataset import ActDataset, ActExample, DatasetSpec, _plan
+
+
+@dataclass(frozen=True)
+class DaggerConfig:
+    """How many DAgger rounds and how big each is.
+
+    Attributes:
+        rounds: rollout + fine-tune rounds (0: none).
+        worlds: training casts rolled out per round, each on a fresh seed.
+        ticks: ticks per rollout (a day is 48).
+        sample_rate: share of visited decisions kept as examples.
+        beta: probability that a decision executes the expert's action instead of the model's.
+        steps: fine-tuning steps per round.
+        lr: peak learning rate of each round's fine-tuning.
+        seed: seeds the world seeds, the sampling and the fine-tuning order.
+    """
+
+    rounds: int = 2
+    worlds: int = 8
+    ticks: int = 144
+    sample_rate: float = 0.3
+    beta: float = 0.0
+    steps: int = 400
+    lr: float = 1e-3
+    seed: int = 0
+
+
+def fresh_seeds(spec: DatasetSpec, n: int, round_: int, seed: int) -> list[int]:
+    """``n`` world seeds used by no split of ``spec`` (and different for every round)."""
+    taken = {p.seed for p in _plan(spec)}
+    rng = np.random.default_rng([seed, 0xDA66E5, round_])
+    out: list[int] = []
+    while len(out) < n:
+        s = int(rng.integers(2**31 - 1))
+        if s not in taken and s not in out:
+            out.append(s)
+    return out
+
+
+def rollout_examples(
+    model_dir: str | Path,
+    spec: DatasetSpec,
+    seeds: list[int],
+    *,
+    ticks: int,
+    sample_rate: float,
+    beta: float = 0.0,
+    seed: int = 0,
+    threads: int = 1,
+    progress: bool = True,
+) -> tuple[list[ActExample], dict[str, float]]:
+    """Run ``model_dir`` in closed loop on the training casts of ``spec`` and label with the expert.
+
+    Returns:
+        The examples (split ``train``) and ``match``: the share of the model's decisions that
+        equal the expert's (the on-policy match of this round's starting model).
+    """
+    from agents.actions import action_json
+    from agents.mind import ModelBrain
+    from runtime.worker import WorkerConfig, build_batcher
+    from worlds import make_world
+
+    casts = [p.cast for p in _plan(spec) if p.split == "train"]
+    batcher = build_batcher(WorkerConfig(str(model_dir), name="dagger", threads=threads, cache_bytes=1 << 28))
+    rng = np.random.default_rng([seed, 0xDA66E5])
+    out: list[ActExample] = []
+    match = total = 0
+    with tqdm(total=len(seeds) * ticks, desc="dagger rollouts", unit="tick", disable=not progress) as bar:
+        for i, world_seed in enumerate(seeds):
+            world = make_world(spec.world, personas=casts[i % len(casts)], max_ticks=ticks)
+            obs, _ = world.reset(seed=world_seed)
+            brain = ModelBrain(world, model="dagger")
+            while world.agents:
+                actions = brain.decide(obs, batcher.run)
+                for agent in list(actions):
+                    persona = world.persona(agent)
+                    expert = world.expert(persona, obs[agent])
+                    total += 1
+                    match += actions[agent] == expert
+                    if rng.random() < sample_rate:
+                        out.append(
+                            ActExample(
+                                prompt=brain.last_prompt[agent],
+                                target=action_json(expert),
+                                split="train",
+                                world_seed=world_seed,
+                                agent=agent,
+                                tick=world.tick,
+                                role=persona.role,
+                            )
+                        )
+                    if beta and rng.random() < beta:
+                        actions[agent] = expert
+                obs, *_ = world.step(actions)
+                bar.update(1)
+    return out, {"match": match / max(total, 1), "decisions": total}
+
+
+def run_dagger(
+    student_hf: Path,
+    data: ActDataset,
+    work: Path,
+    cfg: DaggerConfig,
+    train_cfg: Any,
+    *,
+    threads: int = 1,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """``cfg.rounds`` DAgger rounds from ``student_hf``; the final weights land in ``work/hf``.
+
+    Args:
+        student_hf: the distilled student's ``save_pretrained`` directory.
+        data: the expert dataset (its ``train`` split is kept in every round's mix; the held-out
+            splits score each round).
+        work: the stage's directory (one sub-directory per round, resumable per round).
+        cfg: the rounds.
+        train_cfg: the student's :class:`exports.train.TrainConfig` (preset and batch size).
+        threads: torch and ONNX Runtime threads.
+
+    Returns:
+        Per round: examples added, the starting model's on-policy match and the fine-tuned
+        model's held-out metrics.
+    """
+    from exports.onnx_export import export_model
+    from exports.train import train
+    from runtime.artifacts import sha256_file
+
+    current = Path(student_hf)
+    # Finished rounds are reused only for the same starting weights and the same rounds.
+    source = {"student": sha256_file(current / "model.safetensors"), "config": asdict(cfg)}
+    marker = work / "source.json"
+    if work.exists() and (not marker.is_file() or json.loads(marker.read_text()) != source):
+        shutil.rmtree(work)
+    work.mkdir(parents=True, exist_ok=True)
+    marker.write_text(json.dumps(source))
+    added: list[ActExample] = []
+    rounds: list[dict[str, Any]] = []
+    for r in range(cfg.rounds):
+        rdir = work / f"round{r}"
+        done = rdir / "round.json"
+        if done.is_file() and (rdir / "run" / "hf").is_dir():  # finished in an earlier build
+            record = json.loads(done.read_text())
+            added += [ActExample(**e) for e in json.loads((rdir / "examples.json").read_text())]
+        else:
+            onnx_dir = rdir / "onnx"
+            if onnx_dir.exists():
+                shutil.rmtree(onnx_dir)
+            export_model(current, onnx_dir, f"dagger-round{r}", last_token=True)
+            seeds = fresh_seeds(data.spec, cfg.worlds, r, cfg.seed)
+            new, info = rollout_examples(
+                onnx_dir,
+                data.spec,
+                seeds,
+                ticks=cfg.ticks,
+                sample_rate=cfg.sample_rate,
+                beta=cfg.beta,
+                seed=cfg.seed + r,
+                threads=threads,
+                progress=progress,
+            )
+            added += new
+            (rdir / "examples.json").write_text(json.dumps([asdict(e) for e in new]))
+            mix = ActDataset(data.spec, {**data.splits, "train": list(data["train"]) + added})
+            run_cfg = replace(
+                train_cfg,
+                steps=cfg.steps,
+                lr=cfg.lr,
+                warmup=max(cfg.steps // 20, 1),
+                seed=cfg.seed + r,
+                init=str(current),
+                teacher=None,
+                threads=threads,
+            )
+            metrics = train(run_cfg, mix, rdir / "run", tokenizer=current, resume=True, progress=progress)
+            record = {
+                "round": r,
+                "seeds": seeds,
+                "examples": len(new),
+                "on_policy_match_before": info["match"],
+                "decisions": info["decisions"],
+                "heldout": {
+                    s: {k: metrics[s][k] for k in ("exact_match", "loss")}
+                    for s in ("heldout_seed", "heldout_persona")
+                    if s in metrics
+                },
+            }
+            done.write_text(json.dumps(record, indent=2))
+            shutil.rmtree(onnx_dir, ignore_errors=True)
+        rounds.append(record)
+        current = rdir / "run" / "hf"
+    final = work / "hf"
+    if final.exists():
+        shutil.rmtree(final)
+    shutil.copytree(current, final)
+    return {"rounds": rounds, "examples": len(added)}
