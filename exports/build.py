@@ -314,6 +314,7 @@ def build_models(
         ("train-teacher",),
     )
     from exports.dagger import run_dagger
+    from exports.onnx_export import export_trained
 
     dagger_dir = work / "dagger"
     dagger = stage(
@@ -347,7 +348,7 @@ def build_models(
         stage(
             f"export-{run}",
             [target / "model.onnx"],
-            lambda r=run, t=target, n=name, e=extra: _export(
+            lambda r=run, t=target, n=name, e=extra: export_trained(
                 student_hf if r == "student" else runs[r] / "hf",
                 work / "export-src" / r,
                 t,
@@ -390,43 +391,6 @@ def build_models(
         deps=("export-teacher", "export-dense", "export-student", "quantize-student"),
     )
     return {"models": models, "ran": ran, "skipped": skipped, "cards": cards["cards"], "int8": int8}
-
-
-def _export(
-    hf_dir: Path, src: Path, target: Path, name: str, extra: dict[str, Any], keep_hf: bool = False
-) -> None:
-    """Export ``hf_dir`` through a copy whose config does not ask for router logits.
-
-    The presets set ``output_router_logits`` so training gets the load-balancing loss; traced for
-    export, the MoE forward would then compute that loss too and fail on the export's empty
-    attention mask. Inference never needs it, so the exported config drops it.
-    """
-    from exports.onnx_export import TOKENIZER_FILES, export_model
-    from runtime.artifacts import MANIFEST, write_manifest
-
-    if src.exists():
-        shutil.rmtree(src)
-    shutil.copytree(hf_dir, src)
-    config = json.loads((src / "config.json").read_text())
-    if config.get("output_router_logits"):
-        config["output_router_logits"] = False
-        (src / "config.json").write_text(json.dumps(config, indent=2))
-    export_model(src, target, name, extra=extra, last_token=True)
-    if keep_hf:
-        # The transformers weights travel with the model: the per-agent transformers baseline of
-        # `murmurate bench village` runs the very same weights.
-        hf_copy = target / "hf"
-        if hf_copy.exists():
-            shutil.rmtree(hf_copy)
-        hf_copy.mkdir()
-        for f in ("config.json", "generation_config.json", "model.safetensors"):
-            if (hf_dir / f).is_file():
-                shutil.copy2(hf_dir / f, hf_copy / f)
-        for f in TOKENIZER_FILES:
-            shutil.copy2(src / f, hf_copy / f)
-        manifest = json.loads((target / MANIFEST).read_text())
-        kept = {k: v for k, v in manifest.items() if k not in ("files", "name", "format_version")}
-        write_manifest(target, name, {**kept, "hf_dir": "hf"})
 
 
 def save_and_count(data: Any, path: Path) -> dict[str, int]:

@@ -50,7 +50,7 @@ class DaggerConfig:
         seed: seeds the world seeds, the sampling and the fine-tuning order.
     """
 
-    rounds: int = 2
+    rounds: int = 3
     worlds: int = 8
     ticks: int = 144
     sample_rate: float = 0.3
@@ -162,7 +162,11 @@ def run_dagger(
 
     current = Path(student_hf)
     # Finished rounds are reused only for the same starting weights and the same rounds.
-    source = {"student": sha256_file(current / "model.safetensors"), "config": asdict(cfg)}
+    # (More rounds extend a finished run: the round count is not part of the marker.)
+    source = {
+        "student": sha256_file(current / "model.safetensors"),
+        "config": {k: v for k, v in asdict(cfg).items() if k != "rounds"},
+    }
     marker = work / "source.json"
     if work.exists() and (not marker.is_file() or json.loads(marker.read_text()) != source):
         shutil.rmtree(work)

@@ -131,3 +131,40 @@ def _total_parameters(hf_dir: Path) -> int:
             for key in st.keys():  # noqa: SIM118 - safe_open is not a dict
                 total += math.prod(st.get_slice(key).get_shape())
     return total
+
+
+def export_trained(
+    hf_dir: Path, src: Path, target: Path, name: str, extra: dict[str, Any], keep_hf: bool = False
+) -> None:
+    """Export a trained ``hf_dir`` (last-token logits) through a copy ``src`` whose config does not
+    ask for router logits; ``keep_hf`` also ships the transformers weights in ``target/hf``.
+
+    The presets set ``output_router_logits`` so training gets the load-balancing loss; traced for
+    export, the MoE forward would then compute that loss too and fail on the export's empty
+    attention mask. Inference never needs it, so the exported config drops it.
+    """
+    from runtime.artifacts import MANIFEST, write_manifest
+
+    if src.exists():
+        shutil.rmtree(src)
+    shutil.copytree(hf_dir, src)
+    config = json.loads((src / "config.json").read_text())
+    if config.get("output_router_logits"):
+        config["output_router_logits"] = False
+        (src / "config.json").write_text(json.dumps(config, indent=2))
+    export_model(src, target, name, extra=extra, last_token=True)
+    if keep_hf:
+        # The transformers weights travel with the model: the per-agent transformers baseline of
+        # `murmurate bench village` runs the very same weights.
+        hf_copy = target / "hf"
+        if hf_copy.exists():
+            shutil.rmtree(hf_copy)
+        hf_copy.mkdir()
+        for f in ("config.json", "generation_config.json", "model.safetensors"):
+            if (hf_dir / f).is_file():
+                shutil.copy2(hf_dir / f, hf_copy / f)
+        for f in TOKENIZER_FILES:
+            shutil.copy2(src / f, hf_copy / f)
+        manifest = json.loads((target / MANIFEST).read_text())
+        kept = {k: v for k, v in manifest.items() if k not in ("files", "name", "format_version")}
+        write_manifest(target, name, {**kept, "hf_dir": "hf"})
