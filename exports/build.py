@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from exports.dagger import DaggerConfig
+from exports.dagger import ROLLOUTS, DaggerConfig
 from exports.dataset import DatasetSpec
 
 TEACHER, DENSE, STUDENT = "village-act-teacher", "village-act-dense", "village-act"
@@ -83,7 +83,7 @@ class BuildPlan:
         for run in ("teacher", "dense"):
             keys[TRAIN_STAGE[run]] = _digest([keys["tokenizer"], d[run]])
         keys[TRAIN_STAGE["student"]] = _digest([keys["train-teacher"], d["student"]])
-        keys["dagger-student"] = _digest([keys["distill-student"], d["dagger"]])
+        keys["dagger-student"] = _digest([keys["distill-student"], d["dagger"], ROLLOUTS])
         for run, stage in TRAIN_STAGE.items():
             keys[f"export-{run}"] = _digest([keys["dagger-student" if run == "student" else stage]])
         keys["quantize-student"] = _digest(

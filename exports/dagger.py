@@ -12,8 +12,10 @@ set and fine-tune; repeat.
 Each round here:
 
 1. exports the current weights to ONNX and runs them through the runtime (constrained decoding,
-   exactly as in ``murmurate run village``) on ``worlds`` training casts with fresh world seeds
-   (never a held-out seed, never a held-out persona);
+   exactly as in ``murmurate run village``) on ``worlds`` worlds with fresh seeds, each peopled by
+   the default cast and freshly generated personas (numbered past every block the dataset used, so
+   no held-out seed or persona is ever seen; re-running the training casts instead over-fitted
+   them and cost five points on unseen personas);
 2. keeps a ``sample_rate`` share of the decisions as ``(prompt, expert action)`` examples
    (with probability ``beta`` the expert's action is executed instead of the model's, so early
    rounds do not wander too far);
@@ -33,6 +35,10 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from exports.dataset import ActDataset, ActExample, DatasetSpec, _plan
+
+
+ROLLOUTS = "default-cast+fresh-personas/1"
+"""What the rollouts are (part of the build's stage key: a change here redoes the DAgger stage)."""
 
 
 @dataclass(frozen=True)
@@ -60,6 +66,31 @@ class DaggerConfig:
     seed: int = 0
 
 
+def fresh_cast(spec: DatasetSpec, world: int, round_: int, seed: int) -> list[Any]:
+    """The default cast plus ``spec.generated_per_world`` new personas for DAgger world ``world``.
+
+    Their numbers start past every block of the dataset's training and held-out-persona worlds,
+    and their trait combinations are checked against the held-out personas.
+    """
+    from worlds.village.cast import default_cast, generate_personas
+
+    g = spec.generated_per_world
+    used_blocks = spec.train_worlds + spec.heldout_persona_worlds
+    start = len(default_cast()) + 1 + (used_blocks + 1 + round_ * 1000 + world) * g
+    rng = np.random.default_rng([seed, 0xCA57, round_, world])
+    heldout = {tuple(sorted(p.traits.items())) for p in _plan_personas(spec, "heldout_persona")}
+    fresh = [
+        p
+        for p in generate_personas(g, int(rng.integers(2**31)), start=start)
+        if tuple(sorted(p.traits.items())) not in heldout
+    ]
+    return default_cast() + fresh
+
+
+def _plan_personas(spec: DatasetSpec, split: str) -> list[Any]:
+    return [p for plan in _plan(spec) if plan.split == split for p in plan.cast]
+
+
 def fresh_seeds(spec: DatasetSpec, n: int, round_: int, seed: int) -> list[int]:
     """``n`` world seeds used by no split of ``spec`` (and different for every round)."""
     taken = {p.seed for p in _plan(spec)}
@@ -81,10 +112,11 @@ def rollout_examples(
     sample_rate: float,
     beta: float = 0.0,
     seed: int = 0,
+    round_: int = 0,
     threads: int = 1,
     progress: bool = True,
 ) -> tuple[list[ActExample], dict[str, float]]:
-    """Run ``model_dir`` in closed loop on the training casts of ``spec`` and label with the expert.
+    """Run ``model_dir`` in closed loop on fresh casts (:func:`fresh_cast`) and label with the expert.
 
     Returns:
         The examples (split ``train``) and ``match``: the share of the model's decisions that
@@ -95,14 +127,14 @@ def rollout_examples(
     from runtime.worker import WorkerConfig, build_batcher
     from worlds import make_world
 
-    casts = [p.cast for p in _plan(spec) if p.split == "train"]
     batcher = build_batcher(WorkerConfig(str(model_dir), name="dagger", threads=threads, cache_bytes=1 << 28))
-    rng = np.random.default_rng([seed, 0xDA66E5])
+    rng = np.random.default_rng([seed, 0xDA66E5, round_])
     out: list[ActExample] = []
     match = total = 0
     with tqdm(total=len(seeds) * ticks, desc="dagger rollouts", unit="tick", disable=not progress) as bar:
         for i, world_seed in enumerate(seeds):
-            world = make_world(spec.world, personas=casts[i % len(casts)], max_ticks=ticks)
+            cast = fresh_cast(spec, i, round_, seed)
+            world = make_world(spec.world, personas=cast, max_ticks=ticks)
             obs, _ = world.reset(seed=world_seed)
             brain = ModelBrain(world, model="dagger")
             while world.agents:
@@ -166,6 +198,7 @@ def run_dagger(
     source = {
         "student": sha256_file(current / "model.safetensors"),
         "config": {k: v for k, v in asdict(cfg).items() if k != "rounds"},
+        "rollouts": ROLLOUTS,
     }
     marker = work / "source.json"
     if work.exists() and (not marker.is_file() or json.loads(marker.read_text()) != source):
@@ -193,7 +226,8 @@ def run_dagger(
                 ticks=cfg.ticks,
                 sample_rate=cfg.sample_rate,
                 beta=cfg.beta,
-                seed=cfg.seed + r,
+                seed=cfg.seed,
+                round_=r,
                 threads=threads,
                 progress=progress,
             )
