@@ -36,7 +36,6 @@ from tqdm.auto import tqdm
 
 from exports.dataset import ActDataset, ActExample, DatasetSpec, _plan
 
-
 ROLLOUTS = "default-cast+fresh-personas/1"
 """What the rollouts are (part of the build's stage key: a change here redoes the DAgger stage)."""
 
