@@ -79,8 +79,10 @@ class Batcher:
         tokenizer: the model's tokenizer.
         cache: the radix cache (``None`` disables prefix caching).
         max_batch_size: most rows decoding together.
-        max_prefill_tokens: most uncached prompt tokens prefilled in one step (at least one request
-            is always admitted).
+        max_prefill_tokens: most prompt tokens admitted in one step, cached ones included (each new
+            token attends to them all, and the attention scores of a pass grow with rows × new ×
+            cached tokens; counting only uncached tokens made passes so large that a cold batch of
+            64 village prompts decided 25% slower). At least one request is always admitted.
         share_prefixes: compute a prefix shared by several newly admitted requests once.
         min_shared_tokens: shortest shared prefix worth a pass of its own.
     """
@@ -110,9 +112,10 @@ class Batcher:
         self.waiting: list[Sequence] = []
         # Rows decoding, in cohorts: each prefill group keeps its own KV batch, so admitting rows
         # never copies the KV of rows already running (a cohort's batch is copied only when some of
-        # its rows finish). Small cohorts are merged when there are more than ``max_cohorts``.
+        # its rows finish). Small cohorts are merged (see ``_merge_small_cohorts``).
         self.cohorts: list[tuple[list[Sequence], BatchKV]] = []
-        self.max_cohorts = 8
+        self.max_cohorts = 4
+        self.min_cohort_rows = 32
         self.stats = BatcherStats()
         self._done: list[Result] = []
 
@@ -169,7 +172,7 @@ class Batcher:
         admitted, budget = [], self.max_prefill_tokens
         while self.waiting and room > 0:
             seq = self.waiting[0]
-            need = self._uncached(seq.prompt) if self.cache is not None else len(seq.prompt)
+            need = len(seq.prompt)
             if admitted and need > budget:
                 break
             admitted.append(self.waiting.pop(0))
@@ -259,11 +262,19 @@ class Batcher:
             alive = self._sample_rows(group, logits)
             if alive:
                 self.cohorts.append(([group[i] for i in alive], kv.select(alive)))
-        if len(self.cohorts) > self.max_cohorts:  # many small cohorts: one batch decodes faster
-            self.cohorts.sort(key=lambda c: len(c[0]))
-            merge = self.cohorts[: len(self.cohorts) - self.max_cohorts + 1]
-            merged = ([s for seqs, _ in merge for s in seqs], BatchKV.concat([kv for _, kv in merge]))
-            self.cohorts = [*self.cohorts[len(merge) :], merged]
+        self._merge_small_cohorts()
+
+    def _merge_small_cohorts(self) -> None:
+        """Cohorts under ``min_cohort_rows`` rows decode as one batch (a decode pass has a fixed cost;
+        copying small batches is cheap), and never more than ``max_cohorts`` batches in all."""
+        self.cohorts.sort(key=lambda c: len(c[0]))
+        n = sum(1 for seqs, _ in self.cohorts if len(seqs) < self.min_cohort_rows)
+        n = max(n, len(self.cohorts) - self.max_cohorts + 1)
+        if n < 2:
+            return
+        merge = self.cohorts[:n]
+        merged = ([s for seqs, _ in merge for s in seqs], BatchKV.concat([kv for _, kv in merge]))
+        self.cohorts = [*self.cohorts[n:], merged]
 
     def _forward_prefill(self, seqs: list[Sequence], sample: bool) -> tuple[np.ndarray, BatchKV]:
         if not sample:

@@ -31,7 +31,7 @@ class WorkerConfig:
         providers: ONNX Runtime providers (``"cpu"``, ``"cuda"``, ``"auto"`` or a list).
         threads: ONNX Runtime intra-op threads (0 = all cores).
         max_batch_size: most rows decoding together.
-        max_prefill_tokens: most uncached prompt tokens prefilled per step.
+        max_prefill_tokens: most prompt tokens (cached ones included) admitted per step.
         cache_bytes: radix cache budget; 0 disables prefix caching.
         cache_policy: what the radix cache evicts first: ``"lfu"`` (least often hit, then least
             recently used: an agent's persona, hit every tick, outlives the one-off observation
