@@ -143,9 +143,10 @@ def build_talk_model(
 
     from safetensors.torch import load_file
 
-    from exports.build import _digest, _export
+    from exports.build import _digest
     from exports.card import write_model_card
     from exports.dataset import runtime_tokenizer
+    from exports.onnx_export import export_trained
     from exports.presets import ModelArgs
     from exports.train import TrainConfig, build_model, train
     from runtime.cli_common import resolve_model
@@ -190,7 +191,7 @@ def build_talk_model(
     loss = heldout_loss(model, tok, data["heldout_persona"])
     target = out_root / TALK_MODEL
     extra = {"task": "talk", "preset": preset, "seed": seed, "distilled_from": teacher}
-    _export(run / "hf", work / "export-src", target, TALK_MODEL, extra)
+    export_trained(run / "hf", work / "export-src", target, TALK_MODEL, extra)
     card = write_model_card(
         target,
         task="talk",
