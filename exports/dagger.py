@@ -55,7 +55,7 @@ class DaggerConfig:
         seed: seeds the world seeds, the sampling and the fine-tuning order.
     """
 
-    rounds: int = 3
+    rounds: int = 5
     worlds: int = 8
     ticks: int = 144
     sample_rate: float = 0.3
