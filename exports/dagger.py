@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import shutil
 from dataclasses import asdict, dataclass, replace
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -77,7 +78,7 @@ def fresh_cast(spec: DatasetSpec, world: int, round_: int, seed: int) -> list[An
     used_blocks = spec.train_worlds + spec.heldout_persona_worlds
     start = len(default_cast()) + 1 + (used_blocks + 1 + round_ * 1000 + world) * g
     rng = np.random.default_rng([seed, 0xCA57, round_, world])
-    heldout = {tuple(sorted(p.traits.items())) for p in _plan_personas(spec, "heldout_persona")}
+    heldout = _planned(spec)[1]
     fresh = [
         p
         for p in generate_personas(g, int(rng.integers(2**31)), start=start)
@@ -86,13 +87,24 @@ def fresh_cast(spec: DatasetSpec, world: int, round_: int, seed: int) -> list[An
     return default_cast() + fresh
 
 
-def _plan_personas(spec: DatasetSpec, split: str) -> list[Any]:
-    return [p for plan in _plan(spec) if plan.split == split for p in plan.cast]
+@lru_cache(maxsize=4)
+def _planned(spec: DatasetSpec) -> tuple[frozenset[int], frozenset[tuple]]:
+    """The world seeds of every split of ``spec`` and the trait combinations of its held-out
+    personas (planned once per spec, not once per DAgger world)."""
+    plans = _plan(spec)
+    seeds = frozenset(p.seed for p in plans)
+    traits = frozenset(
+        tuple(sorted(p.traits.items()))
+        for plan in plans
+        if plan.split == "heldout_persona"
+        for p in plan.cast
+    )
+    return seeds, traits
 
 
 def fresh_seeds(spec: DatasetSpec, n: int, round_: int, seed: int) -> list[int]:
     """``n`` world seeds used by no split of ``spec`` (and different for every round)."""
-    taken = {p.seed for p in _plan(spec)}
+    taken = _planned(spec)[0]
     rng = np.random.default_rng([seed, 0xDA66E5, round_])
     out: list[int] = []
     while len(out) < n:
@@ -192,8 +204,8 @@ def run_dagger(
     from runtime.artifacts import sha256_file
 
     current = Path(student_hf)
-    # Finished rounds are reused only for the same starting weights and the same rounds.
-    # (More rounds extend a finished run: the round count is not part of the marker.)
+    # Finished rounds are reused only for the same starting weights, config and rollout design;
+    # the round count is not part of the marker, so more rounds extend a finished run.
     source = {
         "student": sha256_file(current / "model.safetensors"),
         "config": {k: v for k, v in asdict(cfg).items() if k != "rounds"},
