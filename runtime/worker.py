@@ -138,12 +138,9 @@ class ModelWorkerImpl:
                     batches[bi] = (slots, loop, fut, left)
 
     def _fail_all(self, err: Exception) -> list[Result]:
-        from runtime.engine import BatchKV
-
         b = self.batcher
         seqs = b.running + b.waiting
-        b.running, b.waiting = [], []
-        b.kv = BatchKV.empty(b.engine.info, 0, b.engine.kv_dtype)
+        b.cohorts, b.waiting = [], []
         out = []
         for s in seqs:
             s.finish, s.error = "error", f"engine failure: {type(err).__name__}: {err}"

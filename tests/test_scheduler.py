@@ -129,3 +129,31 @@ def test_worker_cache_policy_is_configurable(tiny_models):
     assert isinstance(build_batcher(WorkerConfig(model, threads=1, cache_policy="lru")).cache.policy, LRUPolicy)
     with pytest.raises(ValueError, match="cache_policy"):
         build_batcher(WorkerConfig(model, threads=1, cache_policy="fifo"))
+
+
+def test_engine_failure_fails_the_batch_loudly_and_the_worker_keeps_serving(tiny_models):
+    import asyncio
+
+    from runtime.worker import ModelWorkerImpl
+
+    worker = ModelWorkerImpl(WorkerConfig(str(tiny_models["qwen3"]), name="tiny", threads=1))
+    engine, forward, calls = worker.batcher.engine, worker.batcher.engine.forward, []
+
+    def flaky(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:  # mid-decode, with rows running and others waiting
+            raise RuntimeError("device lost")
+        return forward(*args, **kwargs)
+
+    engine.forward = flaky
+    try:
+        # (before the fix the worker's loop died here and this call never returned)
+        failed = asyncio.run(asyncio.wait_for(worker.generate(reqs(6)), 60))
+        assert all(r.error and "engine failure: RuntimeError: device lost" in r.error for r in failed)
+        assert not worker.batcher.has_work
+        engine.forward = forward
+        again = asyncio.run(asyncio.wait_for(worker.generate(reqs(6)), 60))
+        assert all(r.ok for r in again)
+        assert [r.text for r in again] == [r.text for r in make_batcher(tiny_models["qwen3"]).run(reqs(6))]
+    finally:
+        worker.shutdown()
