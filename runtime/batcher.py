@@ -21,7 +21,7 @@ import numpy as np
 from runtime.constrained import ConstraintCompiler, ConstraintError
 from runtime.engine import BatchKV, OrtEngine
 from runtime.kv_cache import RadixCache, TreeNode, common_prefix_length
-from runtime.sampling import request_rng, sample_token
+from runtime.sampling import request_rng, sample_tokens
 from runtime.tokenizer import Tokenizer
 from runtime.types import Request, Result
 
@@ -137,6 +137,12 @@ class Batcher:
             return
         self.waiting.append(seq)
 
+    def add_many(self, requests: list[Request]) -> None:
+        """Queue ``requests`` (their new prompt segments tokenized in one batched call)."""
+        self.tok.prefetch(r.segments for r in requests)
+        for r in requests:
+            self.add(r)
+
     @property
     def has_work(self) -> bool:
         return bool(self.waiting or self.cohorts or self._done)
@@ -158,8 +164,7 @@ class Batcher:
 
     def run(self, requests: list[Request]) -> list[Result]:
         """Serve ``requests`` to completion; results in the same order."""
-        for r in requests:
-            self.add(r)
+        self.add_many(requests)
         by_id: dict[str, Result] = {}
         while self.has_work:
             for res in self.step():
@@ -336,8 +341,8 @@ class Batcher:
             self.compiler.apply(sub, bitmask[rows])
             logits[rows] = sub
         alive = []
-        for b, s in enumerate(seqs):
-            tok, logp = sample_token(logits[b], s.req.sampling, s.rng)
+        picks = sample_tokens(logits, [s.req.sampling for s in seqs], [s.rng for s in seqs])
+        for b, (s, (tok, logp)) in enumerate(zip(seqs, picks)):
             s.min_logprob = logp if s.min_logprob is None else min(s.min_logprob, logp)
             self._accept(s, tok)
             if s.finish is None:

@@ -29,7 +29,27 @@ def sample_token(logits: np.ndarray, params: SamplingParams, rng: np.random.Gene
         the token id and its log-probability under the (masked, temperature 1) distribution —
         the confidence a cascade can act on.
     """
+    return _pick(logits, log_softmax(logits.astype(np.float64)), params, rng)
+
+
+def sample_tokens(
+    logits: np.ndarray, params: list[SamplingParams], rngs: list[np.random.Generator]
+) -> list[tuple[int, float]]:
+    """:func:`sample_token` for every row of ``logits`` ``(B, V)``, with one log-softmax and one
+    argmax over the whole batch (row by row they give the same numbers as :func:`sample_token`)."""
     logp = log_softmax(logits.astype(np.float64))
+    greedy = np.argmax(logits, axis=-1)
+    out = []
+    for b, (p, rng) in enumerate(zip(params, rngs)):
+        if p.temperature == 0.0:
+            tok = int(greedy[b])
+            out.append((tok, float(logp[b, tok])))
+        else:
+            out.append(_pick(logits[b], logp[b], p, rng))
+    return out
+
+
+def _pick(logits: np.ndarray, logp: np.ndarray, params: SamplingParams, rng: np.random.Generator) -> tuple[int, float]:
     if params.temperature == 0.0:
         tok = int(np.argmax(logits))
         return tok, float(logp[tok])

@@ -9,6 +9,7 @@ world rules and role texts repeat in every request.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Iterable
 from pathlib import Path
 
 from tokenizers import Tokenizer as _HFTokenizer
@@ -58,6 +59,19 @@ class Tokenizer:
         else:
             self._cache.move_to_end(text)
         return ids
+
+    def prefetch(self, prompts: Iterable[tuple[str, ...] | list[str]]) -> None:
+        """Encode in one batched call every segment of ``prompts`` not memoised yet (as many as the
+        memo holds), so the :meth:`encode_prompt` calls that follow find them: one call into the
+        tokenizer per batch of requests instead of one per new segment."""
+        todo = list(dict.fromkeys(seg for p in prompts for seg in p if seg not in self._cache))
+        todo = todo[: self._cache_size]
+        if not todo:
+            return
+        for text, enc in zip(todo, self._tok.encode_batch(todo, add_special_tokens=False)):
+            self._cache[text] = tuple(enc.ids)
+        while len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)
 
     def encode_prompt(self, segments: tuple[str, ...] | list[str]) -> list[int]:
         """Token ids of a prompt given as segments (most shared first)."""

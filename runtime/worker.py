@@ -115,7 +115,7 @@ class ModelWorkerImpl:
                     batches[next_batch] = ([None] * len(reqs), loop, fut, len(reqs))
                     for i, r in enumerate(reqs):
                         owner[r.id] = (next_batch, i)
-                        b.add(r)
+                    b.add_many(reqs)
                     next_batch += 1
             except queue.Empty:
                 pass

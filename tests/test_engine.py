@@ -7,6 +7,7 @@ import pytest
 from _helpers import make_batcher
 
 from runtime.engine import BatchKV
+from runtime.tokenizer import Tokenizer
 from runtime.types import Request, SamplingParams
 
 SHARED = "The village wakes at dawn. Farmers walk to the fields, merchants open their stalls at the market. "
@@ -184,3 +185,30 @@ def test_batch_kv_layout_ops():
     assert segs.mask.tolist() == kv.mask.tolist()
     for a, b in zip(segs.kv, kv.kv):
         np.testing.assert_array_equal(a, b)
+
+
+def test_batched_sampling_matches_row_by_row():
+    from runtime.sampling import request_rng, sample_token, sample_tokens
+
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(6, 50)).astype(np.float32)
+    logits[2, :40] = -np.inf  # a constrained row
+    params = [
+        SamplingParams(temperature=t, top_k=k, top_p=p, seed=i)
+        for i, (t, k, p) in enumerate([(0, 0, 1), (0.8, 0, 1), (0, 0, 1), (1.2, 5, 1), (0.7, 0, 0.9), (0, 0, 1)])
+    ]
+    batched = sample_tokens(logits, params, [request_rng(p) for p in params])
+    single = [sample_token(logits[b], p, request_rng(p)) for b, p in enumerate(params)]
+    assert batched == single
+    assert batched[2][0] >= 40
+
+
+def test_prefetched_segments_encode_like_one_by_one(tiny_models):
+    from runtime.artifacts import load_model_dir
+
+    path = load_model_dir(tiny_models["qwen3"]).tokenizer_path
+    prompts = [(SHARED, f"agent {i}: hello", "é ü 12.5 \n\n x") for i in range(5)] + [("", "tail")]
+    one = Tokenizer(path)
+    many = Tokenizer(path, cache_size=3)  # fewer slots than new segments: the rest encode on use
+    many.prefetch(prompts)
+    assert [many.encode_prompt(p) for p in prompts] == [one.encode_prompt(p) for p in prompts]
