@@ -68,7 +68,7 @@ class BuildPlan:
         return json.loads(json.dumps(asdict(self), default=str))
 
     def fingerprint(self) -> str:
-        """A short hash of the whole plan (threads excluded: they change speed, not results)."""
+        """A short hash of the whole plan (threads and device excluded: they change speed, not results)."""
         return _digest(self.to_dict())
 
     def stage_keys(self) -> dict[str, str]:
@@ -94,11 +94,11 @@ class BuildPlan:
 
 
 def _digest(obj: Any) -> str:
-    """A short hash of JSON-able ``obj``, ``threads`` fields left out (they change speed only)."""
+    """A short hash of JSON-able ``obj``, ``threads`` and ``device`` fields left out (speed only)."""
 
     def scrub(o: Any) -> Any:
         if isinstance(o, dict):
-            return {k: scrub(v) for k, v in o.items() if k != "threads"}
+            return {k: scrub(v) for k, v in o.items() if k not in ("threads", "device")}
         if isinstance(o, list):
             return [scrub(v) for v in o]
         return o
@@ -115,6 +115,7 @@ def make_plan(
     threads: int | None = None,
     int8_min_agreement: float | None = None,
     dagger_rounds: int | None = None,
+    device: str | None = None,
 ) -> BuildPlan:
     """The build plan for ``scale``.
 
@@ -128,6 +129,7 @@ def make_plan(
         int8_min_agreement: override the int8 keep threshold (the tiny models are barely trained
             and disagree with themselves under any perturbation; tests pass 0 to keep the variant).
         dagger_rounds: override the number of DAgger rounds (0: ship the distilled student as is).
+        device: where torch trains (``cpu``, ``cuda``, ``auto``; not part of any stage key).
 
     Raises:
         ValueError: for an unknown scale.
@@ -171,8 +173,9 @@ def make_plan(
             raise ValueError(f"{run} steps must be at least 1, not {n}")
         cfg = getattr(plan, run)
         plan = replace(plan, **{run: replace(cfg, steps=n, warmup=min(cfg.warmup, max(n // 10, 1)))})
-    if threads is not None:
-        plan = replace(plan, **{run: replace(getattr(plan, run), threads=threads) for run in TRAIN_STAGE})
+    for knob, value in (("threads", threads), ("device", device)):
+        if value is not None:
+            plan = replace(plan, **{run: replace(getattr(plan, run), **{knob: value}) for run in TRAIN_STAGE})
     if int8_min_agreement is not None:
         plan = replace(plan, int8_min_agreement=int8_min_agreement)
     if dagger_rounds is not None:
@@ -218,6 +221,7 @@ def build_models(
     threads: int | None = None,
     int8_min_agreement: float | None = None,
     dagger_rounds: int | None = None,
+    device: str | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Build the village ``act`` models into ``out_root/<name>``.
@@ -233,6 +237,8 @@ def build_models(
         threads: torch threads for training (speed only: results and stage keys do not change).
         int8_min_agreement: override the greedy-agreement threshold for keeping the int8 student.
         dagger_rounds: override the DAgger rounds after distillation (0: none).
+        device: where torch trains (``cpu``, ``cuda``, ``auto``: a GPU when torch sees one); speed
+            only, like ``threads``. The cards' measurements always run on the CPU.
         progress: print stage lines and show training progress bars.
 
     Returns:
@@ -247,6 +253,7 @@ def build_models(
         threads=threads,
         int8_min_agreement=int8_min_agreement,
         dagger_rounds=dagger_rounds,
+        device=device,
     )
     out_root = Path(out_root)
     work = out_root / WORK

@@ -142,7 +142,7 @@ def runtime_accuracy(
         examples: ``exports.dataset.ActExample`` items (a held-out split).
         world: the world whose action union parses and constrains.
         limit: evaluate a seeded sample of this many (0: all); the same sample as
-            ``exports.train.evaluate`` takes, so the two are comparable.
+            ``exports.evaluate.evaluate`` takes, so the two are comparable.
         threads: ONNX Runtime intra-op threads.
         batch_size: requests per batcher run.
 

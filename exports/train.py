@@ -38,18 +38,13 @@ from tqdm.auto import tqdm
 
 from exports.dataset import (
     ActDataset,
-    ActExample,
-    ActionScore,
     Encoded,
     encode_split,
     load_dataset,
     prepare_tokenizer,
     runtime_tokenizer,
-    seeded_sample,
 )
 from exports.presets import ModelArgs
-from exports.tokenizer import EOS as EOS_TOKEN
-from exports.tokenizer import PAD as PAD_TOKEN
 
 IGNORE = -100
 HELDOUT = ("heldout_seed", "heldout_persona")
@@ -73,6 +68,9 @@ class TrainConfig:
         eval_examples: examples evaluated per held-out split (0: all).
         vocab_size: BPE vocabulary when the tokenizer is trained here.
         threads: torch intra-op threads (the machine is shared).
+        device: where torch trains: ``cpu``, ``cuda`` (``cuda:N``) or ``auto`` (a GPU when torch
+            sees one). Like ``threads`` it changes speed, not the recipe (float results differ
+            within rounding), so checkpoints resume across devices.
         init: start from the weights in this ``save_pretrained`` directory (same preset, and its
             tokenizer) instead of a random init: to continue training with a fresh schedule.
         teacher: a teacher's ``save_pretrained`` directory: enables logit distillation.
@@ -95,6 +93,7 @@ class TrainConfig:
     eval_examples: int = 600
     vocab_size: int = 1536
     threads: int = 1
+    device: str = "cpu"
     init: str | None = None
     teacher: str | None = None
     temperature: float = 2.0
@@ -129,13 +128,32 @@ def make_batch(enc: Encoded, idx: Sequence[int], pad_id: int) -> dict[str, torch
     }
 
 
+def resolve_device(name: str) -> torch.device:
+    """The torch device ``name`` stands for (``auto``: the first GPU if torch sees one, else CPU).
+
+    Raises:
+        ValueError: a GPU was asked for and torch sees none (a CPU-only build, or no driver).
+    """
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r}: torch {torch.__version__} sees no CUDA device; use cpu or auto")
+    return dev
+
+
+def _device_of(model: Any) -> torch.device:
+    return next(model.parameters()).device
+
+
 def prefix_cache(model: Any, prefix: list[int], batch: int) -> Any:
     """Run the shared prefix once and repeat its KV cache ``batch`` times (differentiable)."""
     from transformers import DynamicCache
 
     cache = DynamicCache()
     if prefix:
-        model.model(input_ids=torch.tensor([prefix]), past_key_values=cache, use_cache=True)
+        ids = torch.tensor([prefix], device=_device_of(model))
+        model.model(input_ids=ids, past_key_values=cache, use_cache=True)
         cache.batch_repeat_interleave(batch)
     return cache
 
@@ -147,12 +165,13 @@ def target_logits(model: Any, prefix: list[int], batch: dict[str, torch.Tensor])
         ``(logits (N, V), aux)``: ``aux`` is the router load-balancing loss for a MoE (over the
         batch's real suffix tokens), else ``None``.
     """
+    batch = {k: v.to(_device_of(model)) for k, v in batch.items()}
     ids = batch["ids"]
     B, T = ids.shape
     P = len(prefix)
     cache = prefix_cache(model, prefix, B)
     moe = getattr(model.config, "num_experts", 0) > 0
-    pos = torch.arange(P, P + T).unsqueeze(0).expand(B, -1)
+    pos = torch.arange(P, P + T, device=ids.device).unsqueeze(0).expand(B, -1)
     out = model.model(
         input_ids=ids, past_key_values=cache, position_ids=pos, use_cache=True, output_router_logits=moe
     )
@@ -215,8 +234,8 @@ def _save_checkpoint(path: Path, model: Any, opt: torch.optim.Optimizer, step: i
 
 
 def _same_run(saved: dict[str, Any], cfg: dict[str, Any]) -> bool:
-    """Whether a checkpoint's configuration is ``cfg``'s, threads aside (they change speed only)."""
-    strip = ("threads",)
+    """Whether a checkpoint's configuration is ``cfg``'s, threads and device aside (speed only)."""
+    strip = ("threads", "device")
     return {k: v for k, v in saved.items() if k not in strip} == {
         k: v for k, v in cfg.items() if k not in strip
     }
@@ -259,8 +278,10 @@ def train(
         per held-out split the loss and exact-match accuracy.
     """
     from exports.distill import distill_loss, load_teacher
+    from exports.evaluate import evaluate
 
     torch.set_num_threads(cfg.threads)
+    device = resolve_device(cfg.device)
     out = Path(out_dir)
     hf_dir = out / "hf"
     prepare_tokenizer(hf_dir, data, cfg.teacher or cfg.init or tokenizer, cfg.vocab_size)
@@ -278,12 +299,13 @@ def train(
         from safetensors.torch import load_file
 
         model.load_state_dict(load_file(Path(cfg.init) / "model.safetensors"))  # strict: same shape
+    model.to(device)
     opt = _optimizer(model, cfg)
-    teacher = load_teacher(cfg.teacher) if cfg.teacher else None
+    teacher = load_teacher(cfg.teacher).to(device) if cfg.teacher else None
     ckpt_path = out / "checkpoint.pt"
     start = 0
     if resume and ckpt_path.exists():
-        state = torch.load(ckpt_path, weights_only=False)
+        state = torch.load(ckpt_path, weights_only=False, map_location=device)
         if _same_run(state.get("config", {}), asdict(cfg)):
             model.load_state_dict(state["model"])
             opt.load_state_dict(state["optim"])
@@ -307,6 +329,7 @@ def train(
         batch = make_batch(enc, batch_indices(len(enc.suffix), cfg.batch_size, step, cfg.seed), pad_id)
         for g in opt.param_groups:
             g["lr"] = lr_at(cfg, step)
+        batch = {k: v.to(device) for k, v in batch.items()}
         logits, aux = target_logits(model, enc.prefix, batch)
         ce = F.cross_entropy(logits, batch["labels"])
         loss = ce
@@ -360,101 +383,6 @@ def train(
             )
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics
-
-
-@torch.no_grad()
-def greedy_decode(
-    model: Any, prefix: list[int], prompts: Sequence[list[int]], eos_id: int, pad_id: int, max_new: int = 64
-) -> list[list[int]]:
-    """Plain greedy decoding of a batch of prompts that share ``prefix``.
-
-    The suffixes are left-padded between the prefix and the prompt (masked out), and each row gets
-    explicit positions, so every prompt sees exactly the positions it had in training.
-
-    Returns:
-        Per prompt, the generated ids up to and including EOS (or ``max_new`` ids).
-    """
-    B, P, L = len(prompts), len(prefix), max(len(p) for p in prompts)
-    ids = torch.full((B, L), pad_id, dtype=torch.long)
-    attn = torch.zeros((B, P + L), dtype=torch.long)
-    attn[:, :P] = 1
-    pos = torch.full((B, L), P, dtype=torch.long)
-    for b, p in enumerate(prompts):
-        n = len(p)
-        ids[b, L - n :] = torch.tensor(p)
-        attn[b, P + L - n :] = 1
-        pos[b, L - n :] = torch.arange(P, P + n)
-    cache = prefix_cache(model, prefix, B)
-    h = model.model(
-        input_ids=ids, attention_mask=attn, position_ids=pos, past_key_values=cache
-    ).last_hidden_state
-    next_pos = pos[:, -1:] + 1  # (B, 1)
-    out: list[list[int]] = [[] for _ in range(B)]
-    done = torch.zeros(B, dtype=torch.bool)
-    for _ in range(max_new):
-        nxt = model.lm_head(h[:, -1]).argmax(-1)  # (B,)
-        for b in range(B):
-            if not done[b]:
-                out[b].append(int(nxt[b]))
-        done |= nxt == eos_id
-        if bool(done.all()):
-            break
-        attn = torch.cat([attn, torch.ones((B, 1), dtype=torch.long)], dim=1)
-        h = model.model(
-            input_ids=nxt[:, None], attention_mask=attn, position_ids=next_pos, past_key_values=cache
-        ).last_hidden_state
-        next_pos = next_pos + 1
-    return out
-
-
-@torch.no_grad()
-def evaluate(
-    model: Any,
-    tok: Any,
-    examples: Sequence[ActExample],
-    *,
-    limit: int = 0,
-    world: str = "village",
-    batch_size: int = 32,
-    progress: bool = False,
-) -> dict[str, Any]:
-    """Held-out loss and exact-match accuracy of plain greedy decoding against the expert.
-
-    A prediction is correct when it parses (``agents.actions.parse_action``) into the same action
-    as the expert's JSON. Unparsable output counts as wrong (the runtime's constrained decoder would
-    have forced a valid action; this measures the model alone).
-
-    Args:
-        model: a causal LM (eval mode is set here).
-        tok: the runtime tokenizer it was trained with.
-        examples: the examples (a seeded sample of ``limit`` of them when ``limit`` is set).
-        world: the world whose action union parses the outputs.
-        batch_size: examples decoded together.
-        progress: show a progress bar.
-
-    Returns:
-        ``n``, ``loss`` (mean cross-entropy per target token), ``exact_match``, ``parse_fail``,
-        ``by_action`` (expert action -> [correct, total]) and up to 20 ``mistakes``.
-    """
-    from worlds import world_class
-
-    union = world_class(world).action_type
-    model.eval()
-    examples = seeded_sample(examples, limit)
-    eos_id, pad_id = tok.token_to_id(EOS_TOKEN), tok.token_to_id(PAD_TOKEN)
-    enc = encode_split(tok, examples, eos_id)
-    nll, n_tok = 0.0, 0
-    score = ActionScore(union, max_mistakes=20)
-    for lo in tqdm(range(0, len(examples), batch_size), desc="eval", disable=not progress):
-        idx = list(range(lo, min(lo + batch_size, len(examples))))
-        batch = make_batch(enc, idx, pad_id)
-        logits, _ = target_logits(model, enc.prefix, batch)
-        nll += float(F.cross_entropy(logits, batch["labels"], reduction="sum"))
-        n_tok += len(batch["labels"])
-        prompts = [enc.suffix[i][: enc.n_prompt[i]] for i in idx]
-        for i, gen in zip(idx, greedy_decode(model, enc.prefix, prompts, eos_id, pad_id)):
-            score.add(enc.examples[i], tok.decode(gen))
-    return {**score.summary(), "loss": nll / max(n_tok, 1)}
 
 
 def main(argv: Sequence[str] | None = None, *, defaults: TrainConfig | None = None) -> dict[str, Any]:

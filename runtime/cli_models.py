@@ -71,6 +71,7 @@ def cmd_models_build(args: argparse.Namespace) -> int:
         run_steps=run_steps,
         threads=args.threads,
         dagger_rounds=args.dagger_rounds,
+        device=args.device,
         progress=True,
     )
     rows = []
@@ -209,6 +210,11 @@ def add_models_parser(sub: argparse._SubParsersAction) -> None:
     )
     mb.add_argument(
         "--threads", type=int, default=None, help="torch threads for training (speed only; default 1)"
+    )
+    mb.add_argument(
+        "--device",
+        default=None,
+        help="where torch trains: cpu (default), cuda[:N], or auto (a GPU when torch sees one)",
     )
     mb.set_defaults(fn=cmd_models_build)
     mt = msub.add_parser(

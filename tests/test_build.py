@@ -244,6 +244,7 @@ def test_models_build_command_defaults_to_the_user_models_dir(built, tmp_path, m
         "run_steps": {"student": 9},
         "threads": None,
         "dagger_rounds": 0,
+        "device": None,
         "progress": True,
     }
     assert "village-act" in capsys.readouterr().out
@@ -254,9 +255,15 @@ def test_changed_run_redoes_only_what_depends_on_it(built, tmp_path):
     work = tmp_path / "m"
     shutil.copytree(out, work)
     steps = make_plan("tiny").student.steps + 2
-    # Threads change speed only: they do not make any stage stale.
+    # Threads and device change speed only: they do not make any stage stale.
     result = build_models(
-        work, scale="tiny", run_steps={"student": steps}, threads=2, int8_min_agreement=0.0, progress=False
+        work,
+        scale="tiny",
+        run_steps={"student": steps},
+        threads=2,
+        device="auto",
+        int8_min_agreement=0.0,
+        progress=False,
     )
     assert result["ran"] == ["distill-student", "dagger-student", "export-student", "quantize-student", "cards"]
     assert {"dataset", "tokenizer", "train-teacher", "train-dense", "export-teacher"} <= set(result["skipped"])

@@ -22,12 +22,13 @@ from exports.dataset import (  # noqa: E402
     save_dataset,
 )
 from exports.distill import distill_loss  # noqa: E402
+from exports.evaluate import greedy_decode  # noqa: E402
 from exports.presets import PRESETS, ModelArgs  # noqa: E402
 from exports.train import (  # noqa: E402
     TrainConfig,
     build_model,
-    greedy_decode,
     make_batch,
+    resolve_device,
     target_logits,
     train,
 )
@@ -176,6 +177,22 @@ def test_resume_from_checkpoint_gives_the_same_weights(data, tok_dir, tmp_path):
         assert torch.equal(whole[key], split[key]), key
     steps = [json.loads(ln)["step"] for ln in (tmp_path / "split" / "log.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4, 5, 6]  # each step logged once, the unsaved step 4 redone
+
+
+def test_training_device_is_resolved_and_stays_out_of_the_recipe(data, tok_dir, tmp_path, monkeypatch):
+    assert resolve_device("cpu").type == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto").type == "cpu"
+    with pytest.raises(ValueError, match="sees no CUDA device"):
+        resolve_device("cuda")
+    # A checkpoint made on one device resumes on another: the device is not part of the run.
+    cfg = TrainConfig(preset="tiny", steps=4, batch_size=4, save_every=2, log_every=1, lr=1e-2, warmup=2)
+    kw = dict(tokenizer=tok_dir, evaluate_at_end=False, progress=False)
+    train(cfg, data, tmp_path / "run", stop_after=2, **kw)
+    train(replace(cfg, device="auto"), data, tmp_path / "run", resume=True, **kw)
+    assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)["step"] == 4
+    lines = (tmp_path / "run" / "log.jsonl").read_text().splitlines()
+    assert [json.loads(ln)["step"] for ln in lines] == [1, 2, 3, 4]
 
 
 def test_init_continues_from_saved_weights(data, tok_dir, tmp_path):
