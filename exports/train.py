@@ -159,12 +159,16 @@ def prefix_cache(model: Any, prefix: list[int], batch: int) -> Any:
 
 
 def target_logits(model: Any, prefix: list[int], batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, Any]:
-    """Logits at the scored positions, computing the output layer only there.
+    """Logits at the scored positions: the last layer, the final norm and the output layer run
+    only there (``exports.target_forward``); every other layer runs at every position.
 
     Returns:
         ``(logits (N, V), aux)``: ``aux`` is the router load-balancing loss for a MoE (over the
-        batch's real suffix tokens), else ``None``.
+        real suffix tokens of layers ``0 .. L-2`` and the scored tokens of the last layer, the
+        tokens whose routing reaches the loss), else ``None``.
     """
+    from exports.target_forward import balance_loss, hidden_before_last_layer, last_layer_at
+
     batch = {k: v.to(_device_of(model)) for k, v in batch.items()}
     ids = batch["ids"]
     B, T = ids.shape
@@ -172,19 +176,14 @@ def target_logits(model: Any, prefix: list[int], batch: dict[str, torch.Tensor])
     cache = prefix_cache(model, prefix, B)
     moe = getattr(model.config, "num_experts", 0) > 0
     pos = torch.arange(P, P + T, device=ids.device).unsqueeze(0).expand(B, -1)
-    out = model.model(
-        input_ids=ids, past_key_values=cache, position_ids=pos, use_cache=True, output_router_logits=moe
-    )
-    hidden = out.last_hidden_state[batch["rows"], batch["cols"]]  # (N, D)
+    out = hidden_before_last_layer(model, ids, pos, cache, moe)
+    hidden, router = last_layer_at(model, out.last_hidden_state, pos, cache, P, batch["rows"], batch["cols"])
     logits = model.lm_head(hidden)  # (N, V)
     aux = None
     if moe:
-        from transformers.models.qwen3_moe.modeling_qwen3_moe import load_balancing_loss_func
-
-        cfg = model.config
-        aux = load_balancing_loss_func(
-            out.router_logits, cfg.num_experts, cfg.num_experts_per_tok, batch["mask"]
-        )
+        real = batch["mask"].reshape(-1).bool()
+        routed = [r[real] for r in out.router_logits or ()] + [router]  # (None with one layer)
+        aux = balance_loss(routed, model.config.num_experts, model.config.num_experts_per_tok)
     return logits, aux
 
 

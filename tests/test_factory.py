@@ -11,6 +11,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
+F = torch.nn.functional
 
 from exports.dataset import (  # noqa: E402
     SPLITS,
@@ -139,6 +140,60 @@ def test_shared_prefix_forward_and_decode_match_plain_transformers(data, tok_dir
         ids = torch.tensor([enc.prefix + p])
         ref = model.generate(ids, max_new_tokens=6, do_sample=False, pad_token_id=pad, eos_token_id=eos)
         assert got == ref[0, ids.shape[1] :].tolist()
+
+
+@pytest.mark.parametrize("preset", ["tiny", "tiny-moe"])
+@pytest.mark.parametrize("shared_prefix", [True, False])
+def test_last_layer_only_at_targets_matches_the_full_pass_and_its_gradients(data, tok_dir, preset, shared_prefix):
+    from transformers import DynamicCache
+
+    torch.set_num_threads(1)
+    tok, eos, pad = runtime_tokenizer(tok_dir)
+    # Two layers, so the shortened transformers pass runs one (the tiny presets have one).
+    model = build_model(replace(ModelArgs.from_name(preset), num_hidden_layers=2), tok_dir, seed=0)
+    enc = encode_split(tok, data["train"][:4], eos)
+    if not shared_prefix:  # the whole prompt in every row
+        enc.suffix = [enc.prefix + s for s in enc.suffix]
+        enc.n_prompt = [len(enc.prefix) + n for n in enc.n_prompt]
+        enc.prefix = []
+    batch = make_batch(enc, [0, 1, 2, 3], pad)
+
+    def full():  # every layer at every position, then pick the scored ones
+        B, T = batch["ids"].shape
+        cache = DynamicCache()
+        if enc.prefix:
+            model.model(input_ids=torch.tensor([enc.prefix]), past_key_values=cache, use_cache=True)
+            cache.batch_repeat_interleave(B)
+        pos = torch.arange(len(enc.prefix), len(enc.prefix) + T).unsqueeze(0).expand(B, -1)
+        out = model.model(input_ids=batch["ids"], past_key_values=cache, position_ids=pos, use_cache=True)
+        return model.lm_head(out.last_hidden_state[batch["rows"], batch["cols"]])
+
+    def grads(fn):
+        model.zero_grad()
+        F.cross_entropy(fn(), batch["labels"]).backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    ref, ours = grads(full), grads(lambda: target_logits(model, enc.prefix, batch)[0])
+    torch.testing.assert_close(target_logits(model, enc.prefix, batch)[0], full(), atol=1e-5, rtol=1e-5)
+    assert ref.keys() == ours.keys()
+    for name in ref:
+        torch.testing.assert_close(ours[name], ref[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_balance_loss_is_transformers_load_balancing_loss():
+    from transformers.models.qwen3_moe.modeling_qwen3_moe import load_balancing_loss_func
+
+    from exports.target_forward import balance_loss
+
+    torch.manual_seed(0)
+    B, T, E, layers = 3, 5, 8, 4
+    logits = [torch.randn(B * T, E) for _ in range(layers)]
+    mask = torch.ones(B, T, dtype=torch.long)
+    mask[0, 3:] = 0
+    mask[2, 1:] = 0
+    real = mask.reshape(-1).bool()
+    ours = balance_loss([r[real] for r in logits], E, 2)
+    torch.testing.assert_close(ours, load_balancing_loss_func(tuple(logits), E, 2, mask))
 
 
 def test_distill_loss():
