@@ -17,12 +17,11 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from transformers.models.qwen3.modeling_qwen3 import rotate_half
 
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotary embedding of ``x`` (B, H, T, hd) with ``cos``/``sin`` (B, T, hd), as transformers does."""
-    from transformers.models.qwen3.modeling_qwen3 import rotate_half
-
     cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
     return x * cos + rotate_half(x) * sin
 

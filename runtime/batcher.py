@@ -143,6 +143,19 @@ class Batcher:
         for r in requests:
             self.add(r)
 
+    def fail_all(self, error: str) -> list[Result]:
+        """End every waiting and running request with ``error`` and start over with an empty
+        prefix cache (after a failed step, KV in flight cannot be trusted)."""
+        seqs = self.running + self.waiting
+        self.cohorts, self.waiting = [], []
+        out = []
+        for s in seqs:
+            s.finish, s.error = "error", error
+            out.append(self._result(s))
+        if self.cache is not None:
+            self.cache.reset()
+        return out
+
     @property
     def has_work(self) -> bool:
         return bool(self.waiting or self.cohorts or self._done)

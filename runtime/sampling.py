@@ -35,18 +35,10 @@ def sample_token(logits: np.ndarray, params: SamplingParams, rng: np.random.Gene
 def sample_tokens(
     logits: np.ndarray, params: list[SamplingParams], rngs: list[np.random.Generator]
 ) -> list[tuple[int, float]]:
-    """:func:`sample_token` for every row of ``logits`` ``(B, V)``, with one log-softmax and one
-    argmax over the whole batch (row by row they give the same numbers as :func:`sample_token`)."""
+    """:func:`sample_token` for every row of ``logits`` ``(B, V)``, with one log-softmax over the
+    whole batch (row by row it gives the same numbers as :func:`sample_token`)."""
     logp = log_softmax(logits.astype(np.float64))
-    greedy = np.argmax(logits, axis=-1)
-    out = []
-    for b, (p, rng) in enumerate(zip(params, rngs)):
-        if p.temperature == 0.0:
-            tok = int(greedy[b])
-            out.append((tok, float(logp[b, tok])))
-        else:
-            out.append(_pick(logits[b], logp[b], p, rng))
-    return out
+    return [_pick(logits[b], logp[b], p, rng) for b, (p, rng) in enumerate(zip(params, rngs))]
 
 
 def _pick(logits: np.ndarray, logp: np.ndarray, params: SamplingParams, rng: np.random.Generator) -> tuple[int, float]:

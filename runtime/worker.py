@@ -125,7 +125,7 @@ class ModelWorkerImpl:
                 finished = b.step()
             except Exception as e:  # never leave callers hanging: fail their requests loudly
                 log.exception("batcher step failed")
-                finished = self._fail_all(e)
+                finished = b.fail_all(f"engine failure: {type(e).__name__}: {e}")
             for res in finished:
                 bi, pos = owner.pop(res.id)
                 slots, loop, fut, left = batches[bi]
@@ -136,18 +136,6 @@ class ModelWorkerImpl:
                     loop.call_soon_threadsafe(_resolve, fut, slots)
                 else:
                     batches[bi] = (slots, loop, fut, left)
-
-    def _fail_all(self, err: Exception) -> list[Result]:
-        b = self.batcher
-        seqs = b.running + b.waiting
-        b.cohorts, b.waiting = [], []
-        out = []
-        for s in seqs:
-            s.finish, s.error = "error", f"engine failure: {type(err).__name__}: {err}"
-            out.append(b._result(s))
-        if b.cache is not None:
-            b.cache.reset()
-        return out
 
     def stats(self) -> dict:
         s = self.batcher.stats
