@@ -51,6 +51,7 @@ class MindContext(Protocol):
     def persona(self, agent: str) -> Persona: ...
     def memory(self, agent: str) -> Memory: ...
     def rules_text(self) -> str: ...
+    def argument_choices(self, agent: str) -> dict[str, list[str]]: ...
     def role_text(self, role: str) -> str: ...
     def fallback_action(self) -> BaseModel: ...
     def expert(self, persona: Persona, observation: str) -> BaseModel: ...
@@ -136,8 +137,10 @@ class Mind:
         *,
         now: int,
         sim_seed: int,
+        choices: dict[str, list[str]] | None = None,
     ) -> Request:
-        """A greedy, constrained, seeded request for ``prompt``; ``tag`` is the agent's name."""
+        """A greedy, constrained, seeded request for ``prompt``; ``tag`` is the agent's name.
+        ``choices`` limits string arguments to the listed values (``Constraint.string_choices``)."""
         sampling = SamplingParams(
             max_tokens=self.max_tokens,
             temperature=0.0,
@@ -147,7 +150,7 @@ class Mind:
             model=self.model,
             prompt=prompt,
             sampling=sampling,
-            constraint=self.constraint,
+            constraint=self.constraint.with_string_choices(choices) if choices else self.constraint,
             tag=self.persona.name,
         )
 
@@ -243,12 +246,23 @@ class ModelBrain(Brain):
         world: the world to decide for.
         model: serve every agent with this model instead of each persona's ``act`` model.
         max_tokens: generation limit per action.
+        limit_choices: limit the arguments the world lists in ``argument_choices`` (partners within
+            reach, actions that would not be refused) to its values, by a token mask on top of the
+            shared action schema; ``False`` leaves them to the model.
     """
 
-    def __init__(self, world: MindContext, *, model: str | None = None, max_tokens: int = DEFAULT_MAX_TOKENS):
+    def __init__(
+        self,
+        world: MindContext,
+        *,
+        model: str | None = None,
+        max_tokens: int = DEFAULT_MAX_TOKENS,
+        limit_choices: bool = True,
+    ):
         super().__init__(world)
         self.model = model
         self.max_tokens = max_tokens
+        self.limit_choices = limit_choices
         self.constraint = Constraint.json_schema(action_schema(world.action_type))
         self._minds: dict[str, Mind] = {}
 
@@ -274,7 +288,10 @@ class ModelBrain(Brain):
         out = []
         for agent in self._start(observations):
             prompt = self._prompt(agent)
-            out.append(self.mind(agent).request(prompt, now=self._tick, sim_seed=self.world.seed))
+            choices = self.world.argument_choices(agent) if self.limit_choices else None
+            out.append(
+                self.mind(agent).request(prompt, now=self._tick, sim_seed=self.world.seed, choices=choices)
+            )
         return out
 
     def actions(self, results: Iterable[Result] = ()) -> dict[str, BaseModel]:

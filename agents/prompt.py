@@ -28,6 +28,14 @@ def render_memory(events: Sequence[MemoryEvent]) -> str:
     return "Memories:\n" + "\n".join(f"- t{e.tick}: {e.text}" for e in events)
 
 
+def observation_of(prompt: tuple[str, ...] | list[str]) -> str:
+    """The observation text inside prompt segments made by :func:`build_prompt`."""
+    last = prompt[-1]
+    if not (last.startswith("Now:\n") and last.endswith("\n" + ACTION_CUE)):
+        raise ValueError("not a prompt built by build_prompt: its last segment is not 'Now: ... cue'")
+    return last[len("Now:\n") : -len(ACTION_CUE) - 1]
+
+
 def build_prompt(
     *,
     rules: str,

@@ -434,13 +434,15 @@ def _write_cards(
         heldout: dict[str, Any] = {}
         for split in ("heldout_seed", "heldout_persona"):
             served = runtime_accuracy(model_dir, data[split], limit=plan.card_examples)
+            free = runtime_accuracy(model_dir, data[split], limit=plan.card_examples, choices=False)
             torch_m = metrics.get(split, {})
             heldout[split] = {
                 # The torch numbers are the fp32 model's, so they do not apply to the int8 copy.
                 "loss": None if name == INT8 else torch_m.get("loss"),
                 "exact_match_unconstrained": None if name == INT8 else torch_m.get("exact_match"),
                 "n_unconstrained": None if name == INT8 else torch_m.get("n"),
-                "exact_match": served["exact_match"],
+                "exact_match": served["exact_match"],  # as the model brain decides: with choices
+                "exact_match_free_choices": free["exact_match"],
                 "n": served["n"],
             }
         built = {

@@ -130,12 +130,14 @@ def runtime_accuracy(
     limit: int = 0,
     threads: int = 1,
     batch_size: int = 64,
+    choices: bool = True,
 ) -> dict[str, Any]:
     """Exact-match accuracy of ``model_dir`` against the expert, served as the model brain serves it.
 
     Each example's prompt is decoded greedily under the action-schema constraint (so the output
-    always parses, unless generation hits the token limit) and parsed with
-    ``agents.actions.parse_action``; it is correct when it equals the expert's parsed target.
+    always parses, unless generation hits the token limit) and, with ``choices``, the argument
+    choices of its observation, and parsed with ``agents.actions.parse_action``; it is correct when
+    it equals the expert's parsed target.
 
     Args:
         model_dir: an exported model directory.
@@ -156,9 +158,22 @@ def runtime_accuracy(
     examples = seeded_sample(examples, limit)
     score = ActionScore(world_class(world).action_type, max_mistakes=10)
     t0 = time.perf_counter()
-    for ex, res in serve_examples(model_dir, examples, world=world, threads=threads, batch_size=batch_size):
+    served = serve_examples(model_dir, examples, world=world, threads=threads, batch_size=batch_size, choices=choices)
+    for ex, res in served:
         score.add(ex, res.text, served=res.error is None)
     return {**score.summary(), "wall_s": round(time.perf_counter() - t0, 2)}
+
+
+def _with_choices(constraint: Any, prompt: Sequence[str], world: str) -> Any:
+    """``constraint`` limited to the argument choices of the observation in ``prompt``."""
+    from agents.prompt import observation_of
+    from worlds import world_class
+
+    try:
+        choices = world_class(world).observation_choices(observation_of(tuple(prompt)))
+    except ValueError:  # an observation cut short, or a prompt of another shape: no limits
+        return constraint
+    return constraint.with_string_choices(choices) if choices else constraint
 
 
 def serve_examples(
@@ -168,8 +183,12 @@ def serve_examples(
     world: str = "village",
     threads: int = 1,
     batch_size: int = 64,
+    choices: bool = True,
 ) -> list[tuple[Any, Any]]:
-    """Each example's prompt decoded greedily under the action constraint: ``(example, Result)``."""
+    """Each example's prompt decoded greedily under the action constraint: ``(example, Result)``.
+
+    With ``choices`` (the default, as the model brain decides) each request also carries the
+    argument choices its observation allows (``World.observation_choices``)."""
     from runtime.types import Request, SamplingParams
 
     constraint = action_constraint(world)
@@ -179,7 +198,12 @@ def serve_examples(
     for lo in range(0, len(examples), batch_size):
         chunk = examples[lo : lo + batch_size]
         reqs = [
-            Request(model=name, prompt=tuple(ex.prompt), sampling=sampling, constraint=constraint)
+            Request(
+                model=name,
+                prompt=tuple(ex.prompt),
+                sampling=sampling,
+                constraint=_with_choices(constraint, ex.prompt, world) if choices else constraint,
+            )
             for ex in chunk
         ]
         out.extend(zip(chunk, batcher.run(reqs)))
@@ -292,6 +316,7 @@ def eval_model(
     limit: int = 0,
     data_path: str | Path | None = None,
     threads: int = 1,
+    choices: bool = True,
 ) -> dict[str, Any]:
     """Exact-match accuracy of ``model_dir`` on a held-out split, served by the runtime.
 
@@ -299,5 +324,5 @@ def eval_model(
     with the expert's action) and :func:`heldout_examples` (where the examples come from).
     """
     examples = heldout_examples(model_dir, split, data_path)
-    result = runtime_accuracy(model_dir, examples, limit=limit, threads=threads)
+    result = runtime_accuracy(model_dir, examples, limit=limit, threads=threads, choices=choices)
     return {"split": split, **result}

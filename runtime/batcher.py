@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from runtime.choices import ChoiceTracker, restrict
 from runtime.constrained import ConstraintCompiler, ConstraintError
 from runtime.engine import BatchKV, OrtEngine
 from runtime.kv_cache import RadixCache, TreeNode, common_prefix_length
@@ -38,6 +39,7 @@ class Sequence:
     rng: np.random.Generator | None = None
     prefix_kv: list[np.ndarray] | None = None  # cached prefix KV segments, (L, 2, H, n, D), until prefill
     matcher: object | None = None
+    choices: ChoiceTracker | None = None  # the constraint's string choices, if any
     out: list[int] = field(default_factory=list)
     pending: list[int] = field(default_factory=list)  # tokens to feed on the next pass
     pos: int = 0  # tokens already in the KV
@@ -131,6 +133,7 @@ class Batcher:
                 )
             if req.constraint is not None:
                 seq.matcher = self.compiler.matcher(req.constraint)
+                seq.choices = self.compiler.choice_tracker(req.constraint)
         except (ValueError, ConstraintError) as e:
             seq.error, seq.finish = str(e), "error"
             self._done.append(self._result(seq))
@@ -353,6 +356,9 @@ class Batcher:
             sub = logits[rows]
             self.compiler.apply(sub, bitmask[rows])
             logits[rows] = sub
+            for b, s in enumerate(seqs):
+                if s.choices is not None and (allowed := s.choices.allowed(s.out)) is not None:
+                    restrict(logits[b], allowed)
         alive = []
         picks = sample_tokens(logits, [s.req.sampling for s in seqs], [s.rng for s in seqs])
         for b, (s, (tok, logp)) in enumerate(zip(seqs, picks)):

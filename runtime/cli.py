@@ -200,6 +200,7 @@ def cmd_bench_score(args: argparse.Namespace) -> int:
         agents=args.agents,
         seed=args.seed,
         threads=args.threads,
+        free_choices=args.free_choices,
     )
     run_score_bench(cfg, json_path=args.json, console=console)
     return 0
@@ -325,6 +326,11 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--agents", type=int, default=None, help="agents (default: the cast of 12)")
     score.add_argument("--seed", type=int, default=0, help="first seed")
     score.add_argument("--threads", type=int, default=0)
+    score.add_argument(
+        "--free-choices",
+        action="store_true",
+        help="also run the model with its arguments free (no argument choices), to compare",
+    )
     score.add_argument("--quick", action="store_true", help="2 seeds × 4 ticks (a smoke test)")
     score.add_argument("--json", default=None)
     score.set_defaults(fn=cmd_bench_score)

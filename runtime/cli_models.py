@@ -108,14 +108,22 @@ def cmd_models_eval(args: argparse.Namespace) -> int:
     if args.cascade:
         return _eval_cascade(args, path)
     with console.status(f"evaluating {args.name} on {args.split}…"):
-        r = eval_model(path, args.split, limit=args.limit, data_path=args.data, threads=args.threads)
+        r = eval_model(
+            path,
+            args.split,
+            limit=args.limit,
+            data_path=args.data,
+            threads=args.threads,
+            choices=not args.free_choices,
+        )
     rows = [[action, ok, n, ok / n if n else None] for action, (ok, n) in sorted(r["by_action"].items())]
     rows.append(["all", round(r["exact_match"] * r["n"]), r["n"], r["exact_match"]])
     print_table(
         console, f"{args.name}: exact match on {args.split}", ["action", "correct", "n", "accuracy"], rows
     )
     console.print(
-        f"exact match {r['exact_match']:.4f} on {r['n']} examples ({r['wall_s']} s, constrained decoding)"
+        f"exact match {r['exact_match']:.4f} on {r['n']} examples ({r['wall_s']} s, constrained decoding"
+        + (", arguments free)" if args.free_choices else ", with the argument choices of each observation)")
     )
     return 0
 
@@ -236,6 +244,11 @@ def add_models_parser(sub: argparse._SubParsersAction) -> None:
     me.add_argument("--limit", type=int, default=0, help="evaluate a seeded sample of this many (0: all)")
     me.add_argument("--data", default=None, help="a dataset file (default: the one the model was built from)")
     me.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads")
+    me.add_argument(
+        "--free-choices",
+        action="store_true",
+        help="decode without the argument choices each observation allows (the model brain uses them)",
+    )
     me.add_argument(
         "--cascade",
         default=None,

@@ -9,12 +9,13 @@ for the tokens the grammar now forces (appended without sampling, fed to the mod
 from __future__ import annotations
 
 import json
-from functools import lru_cache
+from functools import cached_property, lru_cache
 
 import llguidance
 import llguidance.numpy as llnp
 import numpy as np
 
+from runtime.choices import ChoiceTracker, TokenBytes
 from runtime.types import Constraint
 
 
@@ -76,7 +77,20 @@ class ConstraintCompiler:
         Building a matcher parses its grammar (~2 ms for an action union); a deep copy of a pristine
         matcher kept per constraint is a small fraction of that, and a tick asks for thousands.
         """
-        return self._templates(constraint).deep_copy()
+        return self._templates(constraint.base).deep_copy()
+
+    @cached_property
+    def token_bytes(self) -> TokenBytes:
+        """Every token's bytes (built on first use, for ``Constraint.string_choices``)."""
+        tok = self.lltokenizer
+        special = [tok.is_special_token(i) for i in range(self.vocab_size)]
+        return TokenBytes([b"" if special[i] else tok.decode_bytes([i]) for i in range(self.vocab_size)])
+
+    def choice_tracker(self, constraint: Constraint) -> ChoiceTracker | None:
+        """A tracker for the constraint's string choices, or ``None`` when it has none."""
+        if not constraint.string_choices:
+            return None
+        return ChoiceTracker(self.token_bytes, constraint.string_choices)
 
     def allocate_bitmask(self, rows: int) -> np.ndarray:
         return llnp.allocate_token_bitmask(rows, self.vocab_size)

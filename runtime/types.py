@@ -45,6 +45,30 @@ class Constraint(BaseModel):
 
     kind: Literal["json_schema", "regex", "choices", "lark"]
     value: str
+    string_choices: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    """For ``json_schema``: ``(key, options)`` pairs; the string value of ``key`` (wherever the schema
+    puts it) must be one of ``options``. Enforced by a token mask on top of the schema's grammar, so
+    requests that differ only here share one compiled grammar (see ``runtime.choices``)."""
+
+    @model_validator(mode="after")
+    def _choices_fit(self) -> Constraint:
+        if self.string_choices and self.kind != "json_schema":
+            raise ValueError("string_choices apply to json_schema constraints only")
+        for key, options in self.string_choices:
+            if not key or not options:
+                raise ValueError(f"string_choices for {key!r}: need a key and at least one option")
+        return self
+
+    @property
+    def base(self) -> Constraint:
+        """This constraint without its string choices (what compiles to a grammar)."""
+        return Constraint(kind=self.kind, value=self.value) if self.string_choices else self
+
+    def with_string_choices(self, choices: dict[str, list[str] | tuple[str, ...]]) -> Constraint:
+        """A copy whose string values of the given keys are limited to the given options (keys with no
+        options are left free)."""
+        pairs = tuple((k, tuple(v)) for k, v in sorted(choices.items()) if v)
+        return Constraint(kind=self.kind, value=self.value, string_choices=pairs)
 
     @classmethod
     def json_schema(cls, schema: dict[str, Any] | type[BaseModel]) -> Constraint:

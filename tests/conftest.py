@@ -36,3 +36,11 @@ def ray_session():
     ensure_ray(num_cpus=2)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def moe_batcher(tiny_models):
+    """An in-process batcher over the tiny MoE model, shared by the constrained-decoding tests."""
+    from _helpers import make_batcher
+
+    return make_batcher(tiny_models["qwen3_moe"])

@@ -8,21 +8,16 @@ from typing import Annotated, Literal
 
 import jsonschema
 import pytest
-from _helpers import make_batcher
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel, Field, TypeAdapter
 
 from runtime.types import Constraint, Request, SamplingParams
 
-_BATCHERS: dict = {}
 
-
-@pytest.fixture(scope="module")
-def batcher(tiny_models):
-    if "b" not in _BATCHERS:
-        _BATCHERS["b"] = make_batcher(tiny_models["qwen3_moe"])
-    return _BATCHERS["b"]
+@pytest.fixture
+def batcher(moe_batcher):
+    return moe_batcher
 
 
 def sampled(constraint: Constraint, n: int = 4, max_tokens: int = 512) -> list[Request]:

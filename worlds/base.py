@@ -161,6 +161,19 @@ class World(ParallelEnv, ABC):
     def fallback_action(self) -> BaseModel:
         """The action used when an agent gives none or an invalid one (usually idle)."""
 
+    def argument_choices(self, agent: str) -> dict[str, list[str]]:
+        """The values ``agent``'s action arguments can take on this tick without a sure refusal,
+        by JSON key (e.g. ``{"to": [names within reach]}``); a model brain limits its output to
+        them. Keys left out are free; the default is no limits (override, together with
+        :meth:`observation_choices`)."""
+        return {}
+
+    @classmethod
+    def observation_choices(cls, observation: str) -> dict[str, list[str]]:
+        """:meth:`argument_choices` from an observation text alone (what held-out evaluation has);
+        the default, no limits (override)."""
+        return {}
+
     @abstractmethod
     def rules_text(self) -> str:
         """The world rules prompt segment: identical for every agent and every tick."""

@@ -32,6 +32,9 @@ class ScoreBenchConfig:
         agents: agents per world (None: the default cast of 12).
         seed: the first seed.
         threads: ONNX Runtime threads per worker (0: all cores).
+        free_choices: also run the model brain with its arguments free (no argument choices:
+            partners out of reach and actions sure to be refused stay possible), to show what the
+            choices are worth.
     """
 
     model: str = "village-act"
@@ -42,17 +45,21 @@ class ScoreBenchConfig:
     agents: int | None = None
     seed: int = 0
     threads: int = 0
+    free_choices: bool = False
 
 
-def _run(world_seed: int, cfg: ScoreBenchConfig, serve: Any = None, model: str | None = None) -> dict[str, Any]:
-    """One run; the expert brain when ``serve`` is None, else the model brain asking ``model``."""
+def _run(
+    world_seed: int, cfg: ScoreBenchConfig, serve: Any = None, model: str | None = None, limit: bool = True
+) -> dict[str, Any]:
+    """One run; the expert brain when ``serve`` is None, else the model brain asking ``model``
+    (with the world's argument choices when ``limit``)."""
     from agents.mind import ExpertBrain, ModelBrain
     from runtime.simulation import Simulation
     from worlds import make_world
 
     world = make_world("village", agents=cfg.agents, seed=world_seed, max_ticks=None)
     world.reset(seed=world_seed)
-    brain = ExpertBrain(world) if serve is None else ModelBrain(world, model=model)
+    brain = ExpertBrain(world) if serve is None else ModelBrain(world, model=model, limit_choices=limit)
     sim = Simulation(world, brain, serve, world_name="village")
     match = total = 0
     t0 = time.perf_counter()
@@ -106,6 +113,8 @@ def run_score_bench(cfg: ScoreBenchConfig, *, json_path: str | None = None, cons
     with console.status("expert runs…"):
         variants["expert"] = [_run(s, cfg) for s in seeds]
     served = {models[0][0]: models[0][0]}
+    if cfg.free_choices:
+        served[f"{models[0][0]} (free choices)"] = models[0][0]
     cascades = []
     if cfg.teacher:
         name = f"{models[0][0]}>{models[1][0]}"
@@ -117,7 +126,7 @@ def run_score_bench(cfg: ScoreBenchConfig, *, json_path: str | None = None, cons
             rows = []
             for s in seeds:
                 with console.status(f"{label}: seed {s}…"):
-                    rows.append(_run(s, cfg, sched.generate, name))
+                    rows.append(_run(s, cfg, sched.generate, name, limit="(free choices)" not in label))
             variants[label] = rows
             if name in sched.cascades:
                 variants[label + ":teacher_share"] = [

@@ -21,6 +21,8 @@ import json
 import re
 from dataclasses import dataclass
 
+from worlds.village import rules as R
+
 _HEAD = re.compile(r"tick (\d+), (day|night), (?:night|day) in (\d+)$")
 _AT = re.compile(r"at (\d+),(\d+) (\S+)$")
 _NEEDS = re.compile(r"hunger ([\d.]+), energy ([\d.]+), social ([\d.]+), coins (\d+)$")
@@ -74,6 +76,34 @@ class VillageObs:
         if item == "coins":
             return self.coins
         return dict(self.inventory).get(item, 0)
+
+    def argument_choices(self) -> dict[str, list[str]]:
+        """The values this agent's action arguments can take now without a sure refusal, as far as
+        this observation shows: the action kinds, the places to go to, the partners within reach
+        (``to``) and the offers to accept (``offer_from``). Anything left out would be refused
+        whatever the other arguments; what depends on them (quantities, items) is left free."""
+        holds = {k for k, n in self.inventory if n > 0}
+        at_market = self.area == "market"
+        possible = {
+            "move": True,
+            "go_to": True,
+            "gather": self.area in R.GATHER,
+            "eat": bool(holds & R.FOOD.keys()),
+            "sleep": True,
+            "cook": self.area in R.COOK_SITES and {"wheat", "fish", "wood"} <= holds,
+            "sell": at_market and bool(holds),
+            "buy": at_market and self.coins >= min(R.BUY_PRICE.values()),
+            "trade": bool(self.near) and (self.coins > 0 or bool(holds)),
+            "accept": bool(self.offers),
+            "talk": bool(self.near),
+            "idle": True,
+        }
+        return {
+            "action": [kind for kind, ok in possible.items() if ok],
+            "place": [p for p in R.PLACES if p != self.area],
+            "to": [n.name for n in self.near],
+            "offer_from": list(dict.fromkeys(o.offer_from for o in self.offers)),
+        }
 
     def to_text(self) -> str:
         """The compact observation text (see the module docstring)."""

@@ -101,6 +101,7 @@ class Village(World):
         )
         self._v: dict[str, Villager] = {}
         self._near: dict[str, list[str]] = {}
+        self._obs: dict[str, VillageObs] = {}  # this tick's observations, by agent
         self._handlers = {
             "move": self._move,
             "go_to": self._go_to,
@@ -378,7 +379,21 @@ class Village(World):
 
     def _observe_all(self) -> dict[str, str]:
         self._refresh_near()
-        return {a: self.observe(a).to_text()[:OBS_MAX_CHARS] for a in self.agents}
+        self._obs = {a: self.observe(a) for a in self.agents}
+        return {a: obs.to_text()[:OBS_MAX_CHARS] for a, obs in self._obs.items()}
+
+    def argument_choices(self, agent: str) -> dict[str, list[str]]:
+        """Action kinds, places, partners and offers that would not be refused (from the agent's
+        observation of this tick; see :meth:`VillageObs.argument_choices`)."""
+        obs = self._obs.get(agent)
+        if obs is None or obs.tick != self.tick:
+            obs = self.observe(agent)
+        return obs.argument_choices()
+
+    @classmethod
+    def observation_choices(cls, observation: str) -> dict[str, list[str]]:
+        """:meth:`argument_choices` read back from an observation text."""
+        return VillageObs.from_text(observation).argument_choices()
 
     def score(self, agent: str) -> float:
         """Well-being: weighted fed, rested, wealth (coins + goods at sell prices) and social."""
