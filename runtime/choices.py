@@ -17,13 +17,25 @@ import bisect
 import json
 import re
 from collections.abc import Sequence as Seq
+from functools import lru_cache
 
 import numpy as np
 
 
+@lru_cache(maxsize=1 << 16)
 def _value_bytes(option: str) -> bytes:
     """How ``option`` is written inside a JSON string (escaped, UTF-8, no quotes)."""
     return json.dumps(option, ensure_ascii=False)[1:-1].encode("utf-8")
+
+
+@lru_cache(maxsize=256)
+def _patterns(keys: tuple[str, ...]) -> tuple[re.Pattern[bytes], re.Pattern[bytes]]:
+    """Where the output ends: after a restricted key, before its value opens (``{"key":``), or
+    inside that value (``{"key": "partial``)."""
+    alts = b"|".join(re.escape(_value_bytes(k)) for k in keys)
+    before = re.compile(rb'[{,]\s*"(' + alts + rb')"\s*:?\s*\Z')
+    inside = re.compile(rb'[{,]\s*"(' + alts + rb')"\s*:\s*"((?:[^"\\]|\\.)*\\?)\Z')
+    return before, inside
 
 
 class TokenBytes:
@@ -49,7 +61,36 @@ class TokenBytes:
                 after_quote.setdefault(b[q + 1 :], []).append(i)
         self.whole = _Index(whole)
         self.after_quote = _Index(after_quote)
-        self.no_quote = np.array(no_quote, dtype=np.int64)
+        self.no_quote = no_quote
+        self._memo: dict[tuple[tuple[bytes, ...], bytes | None], np.ndarray | None] = {}
+
+    def allowed(self, options: tuple[bytes, ...], partial: bytes | None) -> np.ndarray | None:
+        """Tokens allowed for a string value that must be one of ``options`` (JSON-escaped bytes).
+
+        Inside the value (``partial`` written so far): tokens that continue it towards an option or
+        close it on one. Before it opens (``partial is None``): tokens without a quote (the
+        separator; the schema decides), and tokens whose first quote opens the value and whose rest
+        fits an option. ``None`` when no option fits (nothing to restrict to). Memoised: agents
+        share most option lists (the action kinds, the places), so a tick computes few.
+        """
+        key = (options, partial)
+        hit = self._memo.get(key, False)
+        if hit is not False:
+            return hit
+        ids: set[int] = set()
+        index = self.whole if partial is not None else self.after_quote
+        for option in options:
+            if partial is None or option.startswith(partial):
+                rest = option[len(partial or b"") :] + b'"'
+                ids.update(index.prefixes_of(rest, empty=partial is None))
+                ids.update(index.starting_with(rest))
+        if partial is None:
+            ids.update(self.no_quote)
+        out = np.fromiter(sorted(ids), dtype=np.int64) if ids else None
+        if len(self._memo) >= 1 << 16:
+            self._memo.clear()
+        self._memo[key] = out
+        return out
 
 
 class _Index:
@@ -86,15 +127,10 @@ class ChoiceTracker:
 
     def __init__(self, table: TokenBytes, choices: Seq[tuple[str, Seq[str]]]):
         self.table = table
-        self.options = {k.encode("utf-8"): [_value_bytes(o) for o in opts] for k, opts in choices}
-        keys = b"|".join(re.escape(json.dumps(k, ensure_ascii=False)[1:-1].encode("utf-8")) for k, _ in choices)
-        # the output so far ends after a restricted key, before its value opens: {"key":
-        self._before = re.compile(rb'[{,]\s*"(' + keys + rb')"\s*:?\s*\Z')
-        # ... or inside that value: {"key": "partial
-        self._inside = re.compile(rb'[{,]\s*"(' + keys + rb')"\s*:\s*"((?:[^"\\]|\\.)*\\?)\Z')
+        self.options = {_value_bytes(k): tuple(_value_bytes(o) for o in opts) for k, opts in choices}
+        self._before, self._inside = _patterns(tuple(k for k, _ in choices))
         self._text = b""
         self._seen = 0
-        self._memo: dict[tuple[bytes, bytes], np.ndarray | None] = {}
 
     def allowed(self, out: list[int]) -> np.ndarray | None:
         """Token ids allowed next after the output ``out``; ``None`` when nothing is restricted now
@@ -105,29 +141,11 @@ class ChoiceTracker:
         tail = self._text[-512:]
         m = self._inside.search(tail)
         if m is not None:
-            state = (m.group(1), m.group(2))
-        elif (m := self._before.search(tail)) is not None:
-            state = (m.group(1), None)
-        else:
-            return None
-        if state not in self._memo:
-            self._memo[state] = self._allowed(*state)
-        return self._memo[state]
-
-    def _allowed(self, key: bytes, partial: bytes | None) -> np.ndarray | None:
-        """Inside the value (``partial`` written so far): tokens that continue it towards an option
-        or close it on one. Before it opens: tokens without a quote (the separator; the schema
-        decides), and tokens whose first quote opens the value and whose rest fits an option."""
-        ids: set[int] = set()
-        index = self.table.whole if partial is not None else self.table.after_quote
-        for option in self.options[key]:
-            if partial is None or option.startswith(partial):
-                rest = option[len(partial or b"") :] + b'"'
-                ids.update(index.prefixes_of(rest, empty=partial is None))
-                ids.update(index.starting_with(rest))
-        if partial is None:
-            ids.update(self.table.no_quote.tolist())
-        return np.fromiter(sorted(ids), dtype=np.int64) if ids else None
+            return self.table.allowed(self.options[m.group(1)], m.group(2))
+        m = self._before.search(tail)
+        if m is not None:
+            return self.table.allowed(self.options[m.group(1)], None)
+        return None
 
 
 def restrict(logits: np.ndarray, allowed: np.ndarray) -> bool:
