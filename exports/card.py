@@ -292,14 +292,17 @@ def heldout_examples(model_dir: str | Path, split: str, data_path: str | Path | 
     card = read_model_card(model_dir) or {}
     spec_fields = (card.get("built") or {}).get("dataset_spec")
     spec = DatasetSpec(**spec_fields) if spec_fields else DatasetSpec()
+    from runtime.registry import search_path
+    from worlds import make_world
+
+    rules = make_world(spec.world).rules_text()  # every prompt opens with it: new rules, new data
     local = Path(model_dir).resolve().parent / ".build" / "act.jsonl"  # exports.build.WORK
     if local.is_file():
         data = load_dataset(local)
-        if data.spec == spec:
+        if data.spec == spec and all(ex.prompt[0].strip() == rules.strip() for ex in data[split][:1]):
             return data[split]
-    from runtime.registry import search_path
-
-    digest = hashlib.sha256(json.dumps(asdict(spec), sort_keys=True).encode()).hexdigest()[:16]
+    key = {**asdict(spec), "rules": rules}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     cached = search_path()[-1].parent / "datasets" / f"act-{digest}.jsonl"
     if cached.is_file():
         return load_dataset(cached)[split]
