@@ -120,6 +120,7 @@ def test_the_expert_never_needs_what_the_village_choices_leave_out():
         actions = brain.decide(obs)
         for agent, action in actions.items():
             choices = world.argument_choices(agent)
+            assert Village.observation_choices(obs[agent]) == choices  # what held-out evaluation uses
             fields = action.model_dump()
             for key, options in choices.items():
                 if key in fields:
