@@ -164,13 +164,12 @@ def runtime_accuracy(
     return {**score.summary(), "wall_s": round(time.perf_counter() - t0, 2)}
 
 
-def _with_choices(constraint: Any, prompt: Sequence[str], world: str) -> Any:
+def _with_choices(constraint: Any, prompt: Sequence[str], world_cls: Any) -> Any:
     """``constraint`` limited to the argument choices of the observation in ``prompt``."""
     from agents.prompt import observation_of
-    from worlds import world_class
 
     try:
-        choices = world_class(world).observation_choices(observation_of(tuple(prompt)))
+        choices = world_cls.observation_choices(observation_of(tuple(prompt)))
     except ValueError:  # an observation cut short, or a prompt of another shape: no limits
         return constraint
     return constraint.with_string_choices(choices) if choices else constraint
@@ -190,7 +189,9 @@ def serve_examples(
     With ``choices`` (the default, as the model brain decides) each request also carries the
     argument choices its observation allows (``World.observation_choices``)."""
     from runtime.types import Request, SamplingParams
+    from worlds import world_class
 
+    world_cls = world_class(world)
     constraint = action_constraint(world)
     sampling = SamplingParams(max_tokens=DEFAULT_MAX_TOKENS, temperature=0.0)
     batcher, name = runtime_batcher(model_dir, threads=threads)
@@ -202,7 +203,7 @@ def serve_examples(
                 model=name,
                 prompt=tuple(ex.prompt),
                 sampling=sampling,
-                constraint=_with_choices(constraint, ex.prompt, world) if choices else constraint,
+                constraint=_with_choices(constraint, ex.prompt, world_cls) if choices else constraint,
             )
             for ex in chunk
         ]
