@@ -98,7 +98,12 @@ def _model_scheduler(args: argparse.Namespace):
     console.print(
         f"starting {args.workers} worker(s) per model for [bold]{served}[/bold] ({', '.join(map(str, dirs))})"
     )
-    return Scheduler(specs, address=args.ray_address, cascades=cascades), served
+    from runtime.scheduler import ray_cluster
+
+    scheduler = Scheduler(specs, address=args.ray_address, cascades=cascades)
+    how = "joined" if args.ray_address else "started"
+    console.print(f"{how} {ray_cluster()}")
+    return scheduler, served
 
 
 def _stats(sim) -> dict[str, float]:

@@ -38,6 +38,15 @@ def ensure_ray(address: str | None = None, num_cpus: float | None = None) -> Non
         ray.init(num_cpus=num_cpus, include_dashboard=False, namespace="murmurate", log_to_driver=False)
 
 
+def ray_cluster() -> str:
+    """Where this process's Ray runs, in words: the GCS address and the cluster's CPUs."""
+    import ray
+
+    ctx = ray.get_runtime_context()
+    cpus = ray.cluster_resources().get("CPU", 0)
+    return f"Ray cluster at {ctx.gcs_address} ({cpus:g} CPUs, {len(ray.nodes())} node(s))"
+
+
 def ModelWorker():  # noqa: N802 - the actor class, named as users know it
     """The Ray actor class wrapping :class:`runtime.worker.ModelWorkerImpl`."""
     import ray

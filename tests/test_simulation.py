@@ -198,3 +198,34 @@ def test_bench_score_compares_brains_on_the_same_seeds(ray_session, tiny_models,
         assert all(r["decisions"] == 12 * 4 for r in b["runs"])
         assert 0.0 <= b["on_policy_match"] <= 1.0 and b["of_expert"] > 0
     assert 0.0 <= brains["cascade@0.9"]["teacher_share"] <= 1.0
+
+
+@pytest.mark.slow
+def test_cli_joins_an_existing_ray_cluster(tiny_models, tmp_path):
+    """``murmurate run --ray-address`` serves the model on a cluster started beforehand (``ray start``)."""
+    import os
+    import re
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "SDL_VIDEODRIVER": "dummy"}
+    ray_bin = os.path.join(os.path.dirname(sys.executable), "ray")
+    head = [ray_bin, "start", "--head", f"--port={port}", "--num-cpus=2", "--include-dashboard=false"]
+    subprocess.run(head, env=env, check=True, capture_output=True, timeout=120)
+    try:
+        out = tmp_path / "run"
+        cmd = [sys.executable, "-m", "runtime.cli", "run", "village", "--headless", "--ticks", "2",
+               "--agents", "6", "--model", str(tiny_models["qwen3"]), "--threads", "1",
+               "--worker-cpus", "0.5", "--ray-address", f"127.0.0.1:{port}", "--out", str(out)]  # fmt: skip
+        run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, run.stderr[-2000:]
+        said = re.search(r"joined Ray cluster at (\S+):(\d+)", " ".join(run.stdout.split()))
+        assert said is not None and int(said.group(2)) == port, run.stdout[-2000:]
+        summary = json.loads((out / "summary.json").read_text())
+        assert summary["decisions"] == 12
+    finally:
+        subprocess.run([ray_bin, "stop", "--force"], env=env, capture_output=True, timeout=120)
