@@ -335,6 +335,13 @@ def test_expert_producers_ask_merchants_first_then_sell():
     assert expert_action(broke, obs_at(area="market", coins=2)) == GoTo(place="fields")
 
 
+def test_expert_sells_at_most_the_market_limit():
+    # An innkeeper can pile up more meals than one sale may carry (found when a student drove).
+    inn = VillagePersona(name="Katrin", role="innkeeper")
+    assert expert_action(inn, obs_at(area="market", inventory=(("meal", 14),))) == Sell(item="meal", qty=10)
+    assert expert_action(inn, obs_at(area="market", inventory=(("meal", 7),))) == Sell(item="meal", qty=5)
+
+
 def test_expert_needs():
     p = VillagePersona(name="Alda", role="farmer", traits={"caution": 0.5})
     assert expert_action(p, obs_at(hunger=0.7, inventory=(("wheat", 1), ("fish", 1)))) == Eat(item="fish")

@@ -190,7 +190,7 @@ def _innkeeper(obs: VillageObs, t: Traits) -> BaseModel:
             price = 4 + round(2 * t["greed"])
             return Trade(to=guest.name, give="meal", give_qty=1, get="coins", get_qty=price)
     if meals >= 6:  # more than guests will buy: the market takes the rest
-        return Sell(item="meal", qty=meals - 2) if obs.area == "market" else GoTo(place="market")
+        return Sell(item="meal", qty=min(R.MAX_QTY, meals - 2)) if obs.area == "market" else GoTo(place="market")
     if not lacking:
         return Cook() if obs.area == "tavern" else GoTo(place="tavern")
     if obs.coins >= R.BUY_PRICE[lacking[0]]:
