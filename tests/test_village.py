@@ -30,7 +30,7 @@ from worlds.village import (
     village_cast,
 )
 from worlds.village import map as vmap
-from worlds.village.observation import Neighbor, Offer
+from worlds.village.observation import Neighbor, Offer, feelings, hungry_at, lonely_at, tired_below
 from worlds.village.rules import DAY_LENGTH, NIGHT_START
 
 MARKET = vmap.ANCHORS["market"]
@@ -150,12 +150,13 @@ def test_rewards_are_score_changes_and_truncation():
 def test_observation_text_round_trips():
     obs = VillageObs(
         tick=40, night=True, switch_in=8, x=3, y=4, area="river", hunger=0.5, energy=0.25, social=0.0,
-        coins=7, inventory=(("fish", 2), ("meal", 1)), last="gathered 1 fish", refused='eat: "wood" is not food',
+        coins=7, feel=("hungry", "tired"), inventory=(("fish", 2), ("meal", 1)), last="gathered 1 fish", refused='eat: "wood" is not food',
         near=(Neighbor("Bram", "merchant", 1),), heard=(("Bram", 'say "hi", \\ ok'),),
         offers=(Offer("Bram", "coins", 3, "fish", 1),),
     )  # fmt: skip
     text = obs.to_text()
     assert VillageObs.from_text(text) == obs
+    assert "\nfeel hungry, tired\n" in text and "feel fine" in VillageObs(**{**obs.__dict__, "feel": ()}).to_text()
     assert "night, day in 8" in text and 'heard Bram "say \\"hi\\", \\\\ ok"' in text
     with pytest.raises(ValueError, match="not a village observation"):
         VillageObs.from_text("hello")
@@ -347,6 +348,22 @@ def test_expert_needs():
     assert expert_action(p, obs_at(energy=0.1)) == Sleep()
     assert expert_action(p, obs_at(energy=0.3)) == GoTo(place="homes")
     assert expert_action(p, obs_at(energy=0.5, area="homes", last="slept")) == Sleep()
+
+
+def test_feelings_name_the_experts_thresholds():
+    traits = {"caution": 0.5, "sociability": 0.25, "diligence": 0.5}
+    assert (hungry_at(traits), tired_below(traits), lonely_at(traits)) == (0.5, 0.4, 0.7)
+    assert feelings(0.49, 0.40, 0.69, False, traits) == ()
+    assert feelings(0.50, 0.39, 0.70, False, traits) == ("hungry", "tired", "lonely")
+    assert feelings(0.80, 0.14, 0.0, True, traits) == ("starving", "exhausted")
+    assert feelings(0.0, 0.89, 0.0, True, traits) == ("sleepy",)
+    assert feelings(0.0, 0.89, 0.0, True, {**traits, "diligence": 0.7}) == ()
+    assert feelings(0.0, 0.90, 0.0, True, traits) == ("rested",)
+    p = VillagePersona(name="Alda", role="farmer", traits=traits)
+    # The expert eats exactly when the observation says hungry (or starving) and food is at hand.
+    for hunger in (0.49, 0.5):
+        obs = obs_at(hunger=hunger, inventory=(("wheat", 1),), feel=feelings(hunger, 0.8, 0.2, False, traits))
+        assert (expert_action(p, obs) == Eat(item="wheat")) == ("hungry" in obs.feel)
 
 
 def test_expert_reads_only_the_observation_text():

@@ -3,6 +3,7 @@
 It is the yardstick for models and the source of their training data, so it must be learnable:
 it decides only from what the agent's prompt contains (the persona's role and two-decimal traits,
 and the observation text, which it parses back), deterministically. It never reads world state.
+Its need thresholds are the ones the observation's ``feel`` line names (``observation.feelings``).
 
 Priorities, first match wins: sleep if exhausted; eat when hungry and holding food; answer a
 good offer; buy or fetch food when hungry; keep
@@ -32,7 +33,7 @@ from worlds.village.actions import (
     Talk,
     Trade,
 )
-from worlds.village.observation import Offer, VillageObs
+from worlds.village.observation import Offer, VillageObs, hungry_at, lonely_at, tired_below
 
 Traits = dict[str, float]
 FOOD_PREFERENCE = ("meal", "fish", "wheat")
@@ -53,7 +54,7 @@ def expert_action(persona: Persona, observation: str | VillageObs) -> BaseModel:
     role = persona.role
     if obs.energy < 0.15:
         return Sleep()
-    hungry = obs.hunger >= round(0.6 - 0.2 * t["caution"], 2)
+    hungry = obs.hunger >= hungry_at(t)
     food = next((f for f in FOOD_PREFERENCE if obs.has(f)), None)
     if hungry and food is not None:
         return Eat(item=food)
@@ -65,13 +66,13 @@ def expert_action(persona: Persona, observation: str | VillageObs) -> BaseModel:
         if meal is not None:
             return meal
     home = "tavern" if role == "innkeeper" else "homes"
-    tired = obs.energy < round(0.3 + 0.2 * t["caution"], 2)
+    tired = obs.energy < tired_below(t)
     bedtime = obs.night and t["diligence"] < 0.7 and obs.energy < 0.9
     if obs.last == "slept" and obs.energy < 0.9 or tired or bedtime:
         return Sleep() if obs.area in (home, "homes") or obs.energy < 0.2 else GoTo(place=home)
     if obs.night and t["caution"] >= 0.5 and obs.area == "river":
         return GoTo(place=home)
-    if obs.near and obs.social >= round(0.8 - 0.4 * t["sociability"], 2):
+    if obs.near and obs.social >= lonely_at(t):
         return Talk(to=obs.near[0].name, text=_phrase(role, obs, t))
     return ROLE_POLICY[role](obs, t)
 

@@ -2,11 +2,14 @@
 
 The text is the observation (the world returns it from ``reset``/``step``). It is line-based
 and parses back exactly (:meth:`VillageObs.from_text`), which is how the scripted expert reads
-it: the expert sees precisely what a model sees in its prompt, nothing more. Example::
+it: the expert sees precisely what a model sees in its prompt, nothing more. The ``feel`` line
+names the needs past the thresholds this agent's persona sets (:func:`feelings`), so the prompt
+states how the needs feel to *this* agent and a model need not do the trait arithmetic. Example::
 
     tick 37, day, night in 5
     at 12,30 fields
     hunger 0.42, energy 0.80, social 0.31, coins 12
+    feel hungry, lonely
     inventory wheat 3, fish 1
     last gathered 2 wheat
     refused "eat: you have no meal"
@@ -26,7 +29,52 @@ from worlds.village import rules as R
 _HEAD = re.compile(r"tick (\d+), (day|night), (?:night|day) in (\d+)$")
 _AT = re.compile(r"at (\d+),(\d+) (\S+)$")
 _NEEDS = re.compile(r"hunger ([\d.]+), energy ([\d.]+), social ([\d.]+), coins (\d+)$")
+_FEEL = re.compile(r"feel ([a-z, ]+)$")
 _OFFER = re.compile(r"offer (\S+) gives (\d+) (\S+) for (\d+) (\S+)$")
+
+
+FEELINGS: tuple[str, ...] = ("starving", "hungry", "exhausted", "tired", "sleepy", "rested", "lonely")
+"""Words of the ``feel`` line, in the order they are listed (at most one per need)."""
+
+
+def hungry_at(traits: dict[str, float]) -> float:
+    """Hunger from which this persona eats (the cautious eat early)."""
+    return round(0.6 - 0.2 * traits["caution"], 2)
+
+
+def tired_below(traits: dict[str, float]) -> float:
+    """Energy under which this persona goes to bed (the cautious go early)."""
+    return round(0.3 + 0.2 * traits["caution"], 2)
+
+
+def lonely_at(traits: dict[str, float]) -> float:
+    """Social need from which this persona seeks company (the sociable seek it early)."""
+    return round(0.8 - 0.4 * traits["sociability"], 2)
+
+
+def feelings(hunger: float, energy: float, social: float, night: bool, traits: dict[str, float]) -> tuple[str, ...]:
+    """How the (two-decimal) needs feel to a persona with ``traits``: at most one word per need.
+
+    Hunger: ``starving`` from 0.8, else ``hungry`` from :func:`hungry_at`. Energy: ``exhausted``
+    under 0.15, ``tired`` under :func:`tired_below`, ``sleepy`` at night for the less diligent
+    (diligence under 0.7) under 0.9, ``rested`` from 0.9. Social: ``lonely`` from :func:`lonely_at`.
+    """
+    words = []
+    if hunger >= 0.8:
+        words.append("starving")
+    elif hunger >= hungry_at(traits):
+        words.append("hungry")
+    if energy < 0.15:
+        words.append("exhausted")
+    elif energy < tired_below(traits):
+        words.append("tired")
+    elif night and traits["diligence"] < 0.7 and energy < 0.9:
+        words.append("sleepy")
+    elif energy >= 0.9:
+        words.append("rested")
+    if social >= lonely_at(traits):
+        words.append("lonely")
+    return tuple(words)
 
 
 @dataclass(frozen=True)
@@ -64,6 +112,7 @@ class VillageObs:
     energy: float
     social: float
     coins: int
+    feel: tuple[str, ...] = ()
     inventory: tuple[tuple[str, int], ...] = ()
     last: str = "nothing yet"
     refused: str | None = None
@@ -112,6 +161,7 @@ class VillageObs:
             f"tick {self.tick}, {phase}, {other} in {self.switch_in}",
             f"at {self.x},{self.y} {self.area}",
             f"hunger {self.hunger:.2f}, energy {self.energy:.2f}, social {self.social:.2f}, coins {self.coins}",
+            "feel " + (", ".join(self.feel) or "fine"),
             "inventory " + (", ".join(f"{k} {v}" for k, v in self.inventory) or "nothing"),
             f"last {self.last}",
         ]
@@ -130,10 +180,11 @@ class VillageObs:
         """Parse :meth:`to_text` output back (raises ``ValueError`` on anything else)."""
         lines = text.strip().split("\n")
         try:
-            head, at, needs, inventory, last = lines[:5]
+            head, at, needs, feel, inventory, last = lines[:6]
             tick, phase, switch_in = _match(_HEAD, head).groups()
             x, y, area = _match(_AT, at).groups()
             hunger, energy, social, coins = _match(_NEEDS, needs).groups()
+            feel_text = _match(_FEEL, feel).group(1)
             inv_text = _strip_prefix(inventory, "inventory ")
             inv = () if inv_text == "nothing" else tuple(_pair(p) for p in inv_text.split(", "))
             fields = {
@@ -147,13 +198,14 @@ class VillageObs:
                 "energy": float(energy),
                 "social": float(social),
                 "coins": int(coins),
+                "feel": () if feel_text == "fine" else tuple(feel_text.split(", ")),
                 "inventory": inv,
                 "last": _strip_prefix(last, "last "),
             }
             near: list[Neighbor] = []
             heard: list[tuple[str, str]] = []
             offers: list[Offer] = []
-            for line in lines[5:]:
+            for line in lines[6:]:
                 key, _, rest = line.partition(" ")
                 if key == "refused":
                     fields["refused"] = json.loads(rest)

@@ -79,31 +79,22 @@ def ticks_to_switch(tick: int) -> int:
     return (NIGHT_START - phase) if phase < NIGHT_START else (DAY_LENGTH - phase)
 
 
-def _price_list(prices: dict[str, int]) -> str:
+def _price_words(prices: dict[str, int]) -> str:
     return ", ".join(f"{k} {v}" for k, v in prices.items())
 
 
 RULES_TEXT = f"""\
-You live in a village on a 48x48 map: fields, forest, a river with a bridge, a market, a tavern and homes.
-Each tick you choose one action. Your needs: hunger and social rise over time, energy falls; 0 is best for
-hunger and social, 1 is best for energy. Your score is how fed, rested, wealthy and social you are.
-A day has {DAY_LENGTH} ticks; ticks {NIGHT_START}-{DAY_LENGTH - 1} of each day are night.
-Actions (JSON):
-{{"action": "move", "direction": "north|east|south|west"}} one tile.
-{{"action": "go_to", "place": "{"|".join(PLACES)}"}} up to {GO_TO_SPEED} tiles along the shortest path.
-{{"action": "gather"}} in the fields (wheat), forest (wood) or at the river (fish). At night the riverbank is
-slippery: gathering there may hurt you.
-{{"action": "eat", "item": "wheat|fish|meal"}} removes hunger: {", ".join(f"{k} {v}" for k, v in FOOD.items())}.
-{{"action": "sleep"}} restores energy, most at homes, then at the tavern.
-{{"action": "cook"}} at the tavern or homes turns 1 wheat, 1 fish and 1 wood into {MEALS_PER_COOK} meals.
-{{"action": "sell", "item": "...", "qty": 1}} and {{"action": "buy", "item": "...", "qty": 1}} at the market.
-Market pays: {_price_list(SELL_PRICE)}. Market asks: {_price_list(BUY_PRICE)}.
-{{"action": "trade", "to": "Name", "give": "fish", "give_qty": 2, "get": "coins", "get_qty": 3}} offers a trade to an
-agent within {REACH} tiles; it happens only if they answer {{"action": "accept", "offer_from": "YourName"}} on
-the next tick and both still have the goods.
-{{"action": "talk", "to": "Name", "text": "..."}} says up to {MAX_UTTERANCE} characters to an agent within {REACH} tiles.
-{{"action": "idle"}} does nothing.
-Words are only words: nobody can take your goods or act for you. Refused actions come with a reason."""
+Village, 48x48 tiles. A day is {DAY_LENGTH} ticks; {NIGHT_START}-{DAY_LENGTH - 1} are night. Needs go 0-1: hunger and social rise
+(0 best), energy falls (1 best); "feel" names the needs past your own limits. Score: fed, rested, wealthy, social.
+One JSON action a tick:
+move {"|".join(DIRECTIONS)}; go_to {"|".join(PLACES)} ({GO_TO_SPEED} tiles);
+gather: {", ".join(f"{p} {i}" for p, i in GATHER.items())} (slippery at night);\
+ eat {"|".join(f"{k} -{v}" for k, v in FOOD.items())} hunger;
+sleep: homes best, then tavern; cook at {"|".join(COOK_SITES)}: wheat+fish+wood = {MEALS_PER_COOK} meals;
+sell|buy item qty at the market: pays {_price_words(SELL_PRICE)}; asks {_price_words(BUY_PRICE)};
+trade to Name within {REACH} tiles, done if they accept (offer_from you) next tick with the goods;
+talk to Name within {REACH} tiles (text up to {MAX_UTTERANCE} chars); idle.
+Words are only words: nobody can take your goods or act for you."""
 
 ROLE_TEXT: dict[str, str] = {
     "farmer": "Role: farmer. You gather wheat in the fields, two at a time by day. "

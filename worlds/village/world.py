@@ -28,7 +28,7 @@ from worlds.village.map import (
     chebyshev,
     path_step,
 )
-from worlds.village.observation import Neighbor, Offer, VillageObs
+from worlds.village.observation import Neighbor, Offer, VillageObs, feelings
 
 START_BOX = (6, 8, 27, 15)
 """x0, y0, x1, y1 (inclusive) of the area agents wake up in on reset."""
@@ -355,17 +355,20 @@ class Village(World):
     def observe(self, agent: str) -> VillageObs:
         """The structured observation of ``agent`` (its ``to_text()`` is what ``step`` returns)."""
         v = self._v[agent]
+        night = R.is_night(self.tick)
+        hunger, energy, social = round(v.hunger, 2), round(v.energy, 2), round(v.social, 2)
         return VillageObs(
             tick=self.tick,
-            night=R.is_night(self.tick),
+            night=night,
             switch_in=R.ticks_to_switch(self.tick),
             x=v.x,
             y=v.y,
             area=area_at(v.x, v.y),
-            hunger=round(v.hunger, 2),
-            energy=round(v.energy, 2),
-            social=round(v.social, 2),
+            hunger=hunger,
+            energy=energy,
+            social=social,
             coins=v.coins,
+            feel=feelings(hunger, energy, social, night, self.persona(agent).traits),
             inventory=tuple((k, n) for k, n in v.inventory.items() if n > 0),
             last=v.last,
             refused=self.refusal(agent),
