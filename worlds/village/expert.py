@@ -33,7 +33,7 @@ from worlds.village.actions import (
     Talk,
     Trade,
 )
-from worlds.village.observation import Offer, VillageObs, hungry_at, lonely_at, tired_below
+from worlds.village.observation import Offer, VillageObs, bedtime, hungry_at, lonely_at, tired_below
 
 Traits = dict[str, float]
 FOOD_PREFERENCE = ("meal", "fish", "wheat")
@@ -67,8 +67,7 @@ def expert_action(persona: Persona, observation: str | VillageObs) -> BaseModel:
             return meal
     home = "tavern" if role == "innkeeper" else "homes"
     tired = obs.energy < tired_below(t)
-    bedtime = obs.night and t["diligence"] < 0.7 and obs.energy < 0.9
-    if obs.last == "slept" and obs.energy < 0.9 or tired or bedtime:
+    if obs.last == "slept" and obs.energy < 0.9 or tired or bedtime(obs.night, obs.energy, t):
         return Sleep() if obs.area in (home, "homes") or obs.energy < 0.2 else GoTo(place=home)
     if obs.night and t["caution"] >= 0.5 and obs.area == "river":
         return GoTo(place=home)

@@ -33,10 +33,6 @@ _FEEL = re.compile(r"feel ([a-z, ]+)$")
 _OFFER = re.compile(r"offer (\S+) gives (\d+) (\S+) for (\d+) (\S+)$")
 
 
-FEELINGS: tuple[str, ...] = ("starving", "hungry", "exhausted", "tired", "sleepy", "rested", "lonely")
-"""Words of the ``feel`` line, in the order they are listed (at most one per need)."""
-
-
 def hungry_at(traits: dict[str, float]) -> float:
     """Hunger from which this persona eats (the cautious eat early)."""
     return round(0.6 - 0.2 * traits["caution"], 2)
@@ -50,6 +46,11 @@ def tired_below(traits: dict[str, float]) -> float:
 def lonely_at(traits: dict[str, float]) -> float:
     """Social need from which this persona seeks company (the sociable seek it early)."""
     return round(0.8 - 0.4 * traits["sociability"], 2)
+
+
+def bedtime(night: bool, energy: float, traits: dict[str, float]) -> bool:
+    """Whether this persona wants to bed down now: at night, unless diligent (0.7+), until rested (0.9)."""
+    return night and traits["diligence"] < 0.7 and energy < 0.9
 
 
 def feelings(hunger: float, energy: float, social: float, night: bool, traits: dict[str, float]) -> tuple[str, ...]:
@@ -68,7 +69,7 @@ def feelings(hunger: float, energy: float, social: float, night: bool, traits: d
         words.append("exhausted")
     elif energy < tired_below(traits):
         words.append("tired")
-    elif night and traits["diligence"] < 0.7 and energy < 0.9:
+    elif bedtime(night, energy, traits):
         words.append("sleepy")
     elif energy >= 0.9:
         words.append("rested")

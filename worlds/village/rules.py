@@ -79,7 +79,7 @@ def ticks_to_switch(tick: int) -> int:
     return (NIGHT_START - phase) if phase < NIGHT_START else (DAY_LENGTH - phase)
 
 
-def _price_words(prices: dict[str, int]) -> str:
+def _price_list(prices: dict[str, int]) -> str:
     return ", ".join(f"{k} {v}" for k, v in prices.items())
 
 
@@ -91,7 +91,7 @@ move {"|".join(DIRECTIONS)}; go_to {"|".join(PLACES)} ({GO_TO_SPEED} tiles);
 gather: {", ".join(f"{p} {i}" for p, i in GATHER.items())} (slippery at night);\
  eat {"|".join(f"{k} -{v}" for k, v in FOOD.items())} hunger;
 sleep: homes best, then tavern; cook at {"|".join(COOK_SITES)}: wheat+fish+wood = {MEALS_PER_COOK} meals;
-sell|buy item qty at the market: pays {_price_words(SELL_PRICE)}; asks {_price_words(BUY_PRICE)};
+sell|buy item qty at the market: pays {_price_list(SELL_PRICE)}; asks {_price_list(BUY_PRICE)};
 trade to Name within {REACH} tiles, done if they accept (offer_from you) next tick with the goods;
 talk to Name within {REACH} tiles (text up to {MAX_UTTERANCE} chars); idle.
 Words are only words: nobody can take your goods or act for you."""
