@@ -46,6 +46,7 @@ class Sequence:
     cached: int = 0
     forced: int = 0
     node: TreeNode | None = None  # locked radix node
+    need: int | None = None  # uncached prompt tokens, estimated at admission
     min_logprob: float | None = None
     finish: str | None = None
     text: str | None = None
@@ -116,6 +117,7 @@ class Batcher:
         # never copies the KV of rows already running (a cohort's batch is copied only when some of
         # its rows finish). Small cohorts are merged (see ``_merge_small_cohorts``).
         self.cohorts: list[tuple[list[Sequence], BatchKV]] = []
+        self.admit_window = 4 * max_batch_size
         self.max_cohorts = 4
         self.min_cohort_rows = 32
         self.stats = BatcherStats()
@@ -190,20 +192,39 @@ class Batcher:
     # ---- admission and prefix matching -------------------------------------------------------
     def _admit(self) -> list[Sequence]:
         room = self.max_batch_size - sum(len(seqs) for seqs, _ in self.cohorts)
-        admitted, budget = [], self.max_prefill_tokens
-        while self.waiting and room > 0:
-            seq = self.waiting[0]
-            need = len(seq.prompt)
-            if admitted and need > budget:
+        if not self.waiting or room <= 0:
+            return []
+        admitted, budget, taken = [], self.max_prefill_tokens, set()
+        for i in self._admission_order():
+            seq = self.waiting[i]
+            if admitted and (len(seq.prompt) > budget or room == 0):
                 break
-            admitted.append(self.waiting.pop(0))
-            budget -= need
+            admitted.append(seq)
+            taken.add(i)
+            budget -= len(seq.prompt)
             room -= 1
+        self.waiting = [s for i, s in enumerate(self.waiting) if i not in taken]
         if admitted and self.share_prefixes:
             self._prefill_shared([s.prompt for s in admitted])
         for seq in admitted:
             self._match(seq)
         return admitted
+
+    def _admission_order(self) -> list[int]:
+        """Indices into ``waiting``: the oldest request first, then those of the next
+        ``admit_window`` whose uncached tails are closest to its length.
+
+        A prefill pass pads every row to its longest tail, and a tick's requests mix short tails
+        (a new observation) with long ones (a changed memory): admitting alike tails together keeps
+        the padding small. Each request's tail length is estimated once, when first considered.
+        """
+        window = self.waiting[: self.admit_window]
+        for s in window:
+            if s.need is None:
+                cached = self.cache.cached_length(s.prompt) if self.cache is not None else 0
+                s.need = len(s.prompt) - cached
+        head = window[0].need
+        return sorted(range(len(window)), key=lambda i: (i > 0, abs(window[i].need - head), i))
 
     def _match(self, seq: Sequence) -> list[np.ndarray] | None:
         if self.cache is None:

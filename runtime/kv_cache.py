@@ -167,6 +167,20 @@ class RadixCache:
             i += k
         return MatchResult(i, node, path)
 
+    def cached_length(self, tokens: Sequence[int]) -> int:
+        """How many leading ``tokens`` are cached, without touching the tree (no split, no access)."""
+        node, i = self.root, 0
+        while i < len(tokens):
+            child = node.children.get(tokens[i])
+            if child is None:
+                break
+            k = common_prefix_length(child.key, tokens[i:])
+            i += k
+            if k < len(child.key):
+                break
+            node = child
+        return i
+
     def gather(self, match: MatchResult) -> np.ndarray | None:
         """The KV of a match, concatenated along the token axis (``None`` for an empty match)."""
         if not match.path:

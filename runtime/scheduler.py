@@ -174,34 +174,32 @@ class Scheduler:
 
     # ---- the loop -----------------------------------------------------------------------------
     def _loop(self) -> None:
-        import ray
-
+        # Blocks on the inbox: callers put request lists there, and each Ray call's completion
+        # callback puts a ``_Done`` — no polling, so the dispatcher takes no CPU from the workers.
         while not self._closed.is_set():
-            pending = self._receive(block=not self._calls)
+            messages = self._receive()
+            pending = [item for m in messages if not isinstance(m, _Done) for item in m]
             try:
                 if pending:
                     self._dispatch(pending)
-                if self._calls:
-                    done, _ = ray.wait(
-                        list(self._calls), num_returns=len(self._calls), timeout=0.002, fetch_local=False
-                    )
-                    for ref in done:
-                        self._collect(ref, self._calls.pop(ref))
+                for m in messages:
+                    if isinstance(m, _Done) and m.ref in self._calls:
+                        self._collect(m.ref, self._calls.pop(m.ref))
             except Exception as e:  # a scheduler bug must not leave callers waiting forever
                 log.exception("scheduler loop failed")
                 for req, fut in pending:
                     if not fut.done():
                         fut.set_result(_error(req, f"scheduler error: {type(e).__name__}: {e}"))
 
-    def _receive(self, block: bool) -> list[tuple[Request, Future]]:
-        items: list[tuple[Request, Future]] = []
+    def _receive(self) -> list:
+        messages: list = []
         try:
-            items.extend(self._inbox.get(block=block, timeout=0.05 if block else None))
+            messages.append(self._inbox.get(timeout=0.1))
             while True:
-                items.extend(self._inbox.get_nowait())
+                messages.append(self._inbox.get_nowait())
         except queue.Empty:
             pass
-        return items
+        return messages
 
     def _dispatch(self, items: list[tuple[Request, Future]], attempt: int = 0) -> None:
         by_model: dict[str, list[tuple[Request, Future, Cascade | None]]] = {}
@@ -231,6 +229,7 @@ class Scheduler:
         ref = call.replica.generate.remote(call.requests)
         self.ray_calls += 1
         self._calls[ref] = call
+        ref.future().add_done_callback(lambda _f, ref=ref: self._inbox.put(_Done(ref)))
 
     def _collect(self, ref, call: _Call) -> None:
         import ray
@@ -302,6 +301,13 @@ class Scheduler:
 
     def __exit__(self, *exc) -> None:
         self.shutdown()
+
+
+@dataclass(frozen=True)
+class _Done:
+    """Inbox message: the Ray call ``ref`` finished (or failed)."""
+
+    ref: object
 
 
 def _error(req: Request, msg: str) -> Result:

@@ -112,6 +112,33 @@ def test_small_decode_cohorts_merge_without_changing_outputs(tiny_models):
     assert len(big.cohorts) == 2
 
 
+def test_admission_groups_alike_uncached_tails(tiny_models):
+    """A prefill pass pads rows to its longest new tail: the batcher admits the oldest request with
+    the waiting ones whose uncached tails are closest in length, and no output changes."""
+    short = [Request(model="m", prompt=[SHARED, f"Tom{i}"], sampling=SamplingParams(max_tokens=6)) for i in range(4)]
+    long = [
+        Request(model="m", prompt=[SHARED, f"Ann{i} " + "walks to the river and back " * 6], sampling=SamplingParams(max_tokens=6))
+        for i in range(4)
+    ]
+    mixed = [r for pair in zip(short, long) for r in pair]
+    reference = make_batcher(tiny_models["qwen3"], cache=False).run(mixed)
+    b = make_batcher(tiny_models["qwen3"])
+    b.run(mixed[:1])  # the shared text is cached now
+    tok = b.tok
+    budget = 2 * len(tok.encode_prompt(long[0].segments))  # two long or two short prompts a step
+    b.max_prefill_tokens = budget
+    for r in mixed:
+        b.add(r)
+    got = {res.id: res for res in b.step()}
+    first = sorted(s.req.id for s in b.running)
+    assert len(first) >= 2 and first == sorted(r.id for r in short[: len(first)])  # no long one, though queued second
+    while b.has_work:
+        for res in b.step():
+            got[res.id] = res
+    for req, ref in zip(mixed, reference):
+        assert got[req.id].token_ids == ref.token_ids
+
+
 def test_seed_changes_sampled_output(tiny_models):
     b = make_batcher(tiny_models["qwen3"], cache=False)
     base = Request(

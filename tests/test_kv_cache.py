@@ -39,6 +39,17 @@ def test_match_insert_and_split():
     assert c.match_prefix([7]).length == 0
 
 
+def test_cached_length_peeks_without_splitting():
+    c = RadixCache(1 << 20)
+    c.insert([1, 2, 3, 4], kv([1, 2, 3, 4]))
+    c.insert([1, 2, 3, 4, 5, 6], kv([5, 6]), offset=4)
+    nodes = c.total_tokens, len(c.root.children[1].children)
+    for probe in ([1, 2, 9], [1, 2, 3, 4, 5], [1, 2, 3, 4, 5, 6, 7], [7], []):
+        assert c.cached_length(probe) == min(len(probe), common_prefix_length(probe, [1, 2, 3, 4, 5, 6]))
+    assert (c.total_tokens, len(c.root.children[1].children)) == nodes  # nothing split or added
+    assert c.match_prefix([1, 2, 9]).length == c.cached_length([1, 2, 9])
+
+
 def test_insert_existing_stores_nothing_new():
     c = RadixCache(1 << 20)
     c.insert([1, 2, 3], kv([1, 2, 3]))
