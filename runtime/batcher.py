@@ -67,7 +67,9 @@ class BatcherStats:
     forced_tokens: int = 0
     prefill_passes: int = 0
     decode_passes: int = 0
-    engine_s: float = 0.0
+    engine_s: float = 0.0  # inside ONNX Runtime
+    step_s: float = 0.0  # inside :meth:`Batcher.step` (engine included)
+    add_s: float = 0.0  # queueing requests: tokenizing, compiling constraints
 
     @property
     def hit_ratio(self) -> float:
@@ -126,7 +128,8 @@ class Batcher:
     # ---- public API ----------------------------------------------------------------------------
     def add(self, req: Request) -> None:
         """Queue a request. Problems (oversized prompt, bad constraint) become error results."""
-        seq = Sequence(req, [], time.perf_counter(), request_rng(req.sampling))
+        greedy = req.sampling.temperature == 0.0  # greedy picks draw no random numbers
+        seq = Sequence(req, [], time.perf_counter(), None if greedy else request_rng(req.sampling))
         try:
             seq.prompt = self.tok.encode_prompt(req.segments)
             if len(seq.prompt) >= self.context:
@@ -144,9 +147,11 @@ class Batcher:
 
     def add_many(self, requests: list[Request]) -> None:
         """Queue ``requests`` (their new prompt segments tokenized in one batched call)."""
+        t0 = time.perf_counter()
         self.tok.prefetch(r.segments for r in requests)
         for r in requests:
             self.add(r)
+        self.stats.add_s += time.perf_counter() - t0
 
     def fail_all(self, error: str) -> list[Result]:
         """End every waiting and running request with ``error`` and start over with an empty
@@ -172,12 +177,14 @@ class Batcher:
 
     def step(self) -> list[Result]:
         """One scheduling iteration; returns the requests that finished in it."""
+        t0 = time.perf_counter()
         admitted = self._admit()
         if admitted:
             self._prefill(admitted)
         if self.cohorts:
             self._decode()
         done, self._done = self._done, []
+        self.stats.step_s += time.perf_counter() - t0
         return done
 
     def run(self, requests: list[Request]) -> list[Result]:

@@ -112,37 +112,36 @@ class BatchKV:
         return BatchKV([buf[i, j] for i in range(L) for j in range(2)], mask)
 
     def select(self, rows: list[int] | np.ndarray) -> BatchKV:
+        """The batch of ``rows`` only, without the leading columns none of them uses (one copy)."""
         idx = np.asarray(rows, dtype=np.int64)
         if len(idx) == self.rows and bool((idx == np.arange(self.rows)).all()):
             return self  # every row, in order: nothing to copy
-        out = BatchKV([a[idx] for a in self.kv], self.mask[idx])
-        return out.trim()
-
-    def trim(self) -> BatchKV:
-        """Drop leading columns that no row uses (left after the longest rows finished)."""
-        if self.width == 0 or self.rows == 0:
-            return self
-        used = self.mask.any(axis=0)
-        first = int(np.argmax(used)) if used.any() else self.width
-        if first == 0:
-            return self
-        return BatchKV(
-            [np.ascontiguousarray(a[:, :, first:, :]) for a in self.kv],
-            np.ascontiguousarray(self.mask[:, first:]),
-        )
+        mask = self.mask[idx]
+        first = _first_used(mask)
+        return BatchKV([a[idx, :, first:, :] for a in self.kv], np.ascontiguousarray(mask[:, first:]))
 
     @staticmethod
     def concat(parts: list[BatchKV]) -> BatchKV:
-        """Stack batches along rows, left-padding each to the widest."""
+        """Stack batches along rows, left-padding each to the widest (one copy of each part)."""
         parts = [p for p in parts if p.rows]
         if len(parts) == 1:
             return parts[0]
         width = max(p.width for p in parts)
-        kv = []
-        for i in range(len(parts[0].kv)):
-            kv.append(np.concatenate([_left_pad(p.kv[i], width - p.width, axis=2) for p in parts], axis=0))
-        mask = np.concatenate([_left_pad(p.mask, width - p.width, axis=1) for p in parts], axis=0)
-        return BatchKV(kv, mask)
+        rows = sum(p.rows for p in parts)
+        first = parts[0].kv[0]
+        _, H, _, D = first.shape
+        buf = np.empty((len(parts[0].kv), rows, H, width, D), first.dtype)  # 2L contiguous arrays
+        mask = np.zeros((rows, width), np.int64)
+        at = 0
+        for p in parts:
+            pad = width - p.width
+            if pad:
+                buf[:, at : at + p.rows, :, :pad, :] = 0
+            for i, a in enumerate(p.kv):
+                buf[i, at : at + p.rows, :, pad:, :] = a
+            mask[at : at + p.rows, pad:] = p.mask
+            at += p.rows
+        return BatchKV(list(buf), mask)
 
     def row_tokens(self, row: int, start: int, stop: int) -> np.ndarray:
         """KV of a row's valid tokens ``start:stop`` (in token order) as ``(L, 2, H, n, D)``."""
@@ -155,12 +154,10 @@ class BatchKV:
         return out
 
 
-def _left_pad(a: np.ndarray, n: int, axis: int) -> np.ndarray:
-    if n == 0:
-        return a
-    shape = list(a.shape)
-    shape[axis] = n
-    return np.concatenate([np.zeros(shape, a.dtype), a], axis=axis)
+def _first_used(mask: np.ndarray) -> int:
+    """Index of the first column any row of ``mask`` ``(B, W)`` uses (``W`` if none)."""
+    used = mask.any(axis=0)
+    return int(np.argmax(used)) if used.any() else mask.shape[1]
 
 
 class OrtEngine:

@@ -164,9 +164,10 @@ def test_bench_village_quick_writes_json_and_plot(ray_session, tiny_models, tmp_
             "p50_ms",
             "p99_ms",
             "overhead_share",
+            "worker_python_share",
             "peak_rss_mb",
         }
-        assert r["decisions_per_s"] > 0 and 0 <= r["overhead_share"] <= 1
+        assert r["decisions_per_s"] > 0 and 0 <= r["worker_python_share"] <= r["overhead_share"] <= 1
     assert set(data["baselines"]) == {"per_agent_hf", "runtime_no_cache", "runtime_cache", "cascade"}
     assert data["baselines"]["per_agent_hf"]["vs_per_agent_hf"] == 1.0
     assert (tmp_path / "bv.png").stat().st_size > 10_000

@@ -75,9 +75,9 @@ def _run_count(n: int, name: str, serve_name: str, scheduler, cfg: VillageBenchC
     world = _world(n, cfg.seed)
     sim = Simulation(world, ModelBrain(world, model=serve_name), scheduler.generate, world_name="village")
     sim.step()  # warm-up: grammar compilation, cold prefix cache
-    before = _engine_seconds(scheduler)
+    before = _worker_seconds(scheduler)
     ms = [sim.step() for _ in range(cfg.ticks)]
-    engine_s = _engine_seconds(scheduler) - before
+    engine_s, worker_s = (b - a for a, b in zip(before, _worker_seconds(scheduler)))
     wall = sum(m.wall_s for m in ms)
     lat = np.concatenate([np.asarray(m.latencies_ms) for m in ms]) if ms else np.zeros(1)
     decisions = sum(m.decisions for m in ms)
@@ -96,14 +96,18 @@ def _run_count(n: int, name: str, serve_name: str, scheduler, cfg: VillageBenchC
         "p50_ms": float(np.percentile(lat, 50)),
         "p99_ms": float(np.percentile(lat, 99)),
         "overhead_share": max(0.0, 1.0 - engine_s / (wall * max(1, cfg.workers))),
+        # of which: the workers' own Python (batching, KV copies, sampling, constraints, tokenizing)
+        "worker_python_share": max(0.0, (worker_s - engine_s) / (wall * max(1, cfg.workers))),
         "peak_rss_mb": peak_rss_mb() + sum(s["peak_rss_mb"] for s in stats),
         "fallbacks": sum(m.fallbacks for m in ms),
         "ms_per_decision": 1000 * wall / max(decisions, 1),
     }
 
 
-def _engine_seconds(scheduler) -> float:
-    return sum(s["engine_s"] for s in scheduler.worker_stats())
+def _worker_seconds(scheduler) -> tuple[float, float]:
+    """Seconds all workers spent in the engine, and in their batchers (engine included)."""
+    stats = scheduler.worker_stats()
+    return sum(s["engine_s"] for s in stats), sum(s["step_s"] + s["add_s"] for s in stats)
 
 
 def _per_agent_hf(model_dir: Path, n: int, cfg: VillageBenchConfig, new_tokens: int) -> dict:
@@ -173,6 +177,7 @@ def run_village_bench(
             "p50 ms",
             "p99 ms",
             "outside engine",
+            "in workers",
             "peak RSS MB",
         ],
         [
@@ -186,6 +191,7 @@ def run_village_bench(
                 r["p50_ms"],
                 r["p99_ms"],
                 r["overhead_share"],
+                r["worker_python_share"],
                 r["peak_rss_mb"],
             ]
             for r in runs
