@@ -182,6 +182,7 @@ def cmd_bench_village(args: argparse.Namespace) -> int:
     cfg = VillageBenchConfig(
         counts=(10, 50) if args.quick else counts,
         ticks=1 if args.quick else args.ticks,
+        warmup_ticks=2 if args.quick else args.warmup_ticks,
         model=args.model,
         teacher=None if args.no_teacher else args.teacher,
         baseline_agents=10 if args.quick else args.baseline_agents,
@@ -308,6 +309,13 @@ def build_parser() -> argparse.ArgumentParser:
     village.add_argument("--agents", default="10,100,1000", help="comma list of agent counts")
     village.add_argument(
         "--ticks", type=int, default=3, help="timed ticks per count (after one warm-up tick)"
+    )
+    village.add_argument(
+        "--warmup-ticks",
+        type=int,
+        default=24,
+        help="ticks the scripted expert plays first, so agents have memories, trades and talk (default: "
+        "half a day)",
     )
     village.add_argument("--model", default="village-act", help="the act model (name or directory)")
     village.add_argument("--teacher", default="village-act-teacher", help="teacher of the cascade baseline")

@@ -1,7 +1,9 @@
 """``murmurate bench village``: the village headless at growing agent counts, with baselines.
 
-For each agent count the village runs with the model brain (one warm-up tick, then ``ticks`` timed
-ticks; no rendering) and reports ticks/s, decisions/s, prompt and generated tokens/s, prefix hit
+For each agent count the scripted expert first plays ``warmup_ticks`` (so agents have memories,
+trades and talk, as in a run under way: a fresh village's first prompts are short and alike), then
+the village runs with the model brain (one warm-up tick, then ``ticks`` timed ticks; no rendering)
+and reports ticks/s, decisions/s, prompt and generated tokens/s, prefix hit
 ratio, p50/p99 decision latency, the share of wall time spent outside the engine (scheduling, Ray,
 prompt building, parsing, world step) and peak RSS (driver + workers).
 
@@ -28,6 +30,7 @@ from runtime.bench.common import print_table, write_json
 class VillageBenchConfig:
     counts: tuple[int, ...] = (10, 100, 1000)
     ticks: int = 3
+    warmup_ticks: int = 24  # played by the scripted expert before any model tick (0: a fresh village)
     model: str = "village-act"
     teacher: str | None = "village-act-teacher"
     baseline_agents: int = 100
@@ -59,11 +62,20 @@ def _scheduler(models: list[tuple[str, Path]], cache: bool, cfg: VillageBenchCon
     return Scheduler(specs, cascades=cascades)
 
 
-def _world(n: int, seed: int):
+def _world(n: int, cfg: VillageBenchConfig):
+    """An ``n``-agent village after ``cfg.warmup_ticks`` ticks of the scripted expert.
+
+    A fresh village's first ticks are unlike the rest of a run (empty memories, no trades or talk
+    yet, so every prompt's new part is short and alike); the expert plays the warm-up quickly.
+    """
+    from agents.mind import ExpertBrain
     from worlds import make_world
 
-    world = make_world("village", agents=n, seed=seed)
-    world.reset(seed=seed)
+    world = make_world("village", agents=n, seed=cfg.seed, max_ticks=None)
+    obs, _ = world.reset(seed=cfg.seed)
+    expert = ExpertBrain(world, record_prompts=False)
+    for _ in range(cfg.warmup_ticks):
+        obs, *_ = world.step(expert.decide(obs))
     return world
 
 
@@ -72,7 +84,7 @@ def _run_count(n: int, name: str, serve_name: str, scheduler, cfg: VillageBenchC
     from agents.mind import ModelBrain
     from runtime.simulation import Simulation
 
-    world = _world(n, cfg.seed)
+    world = _world(n, cfg)
     sim = Simulation(world, ModelBrain(world, model=serve_name), scheduler.generate, world_name="village")
     sim.step()  # warm-up: grammar compilation, cold prefix cache
     before = _worker_seconds(scheduler)
@@ -126,7 +138,7 @@ def _per_agent_hf(model_dir: Path, n: int, cfg: VillageBenchConfig, new_tokens: 
         raise FileNotFoundError(f"per_agent_hf needs the transformers weights of {art.name} in {hf_dir}")
     model = AutoModelForCausalLM.from_pretrained(hf_dir).eval()
     tok = Tokenizer(art.tokenizer_path, art.info.eos_token_ids)
-    world = _world(n, cfg.seed)
+    world = _world(n, cfg)
     brain = ModelBrain(world, model=art.name)
     reqs = brain.requests(world.observations())[: cfg.hf_sample]
     t0 = time.perf_counter()
