@@ -146,7 +146,12 @@ def _per_agent_hf(model_dir: Path, n: int, cfg: VillageBenchConfig, new_tokens: 
         for r in reqs:
             ids = torch.tensor([tok.encode_prompt(r.segments)])
             model.generate(
-                ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, pad_token_id=0
+                ids,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=new_tokens,
+                min_new_tokens=new_tokens,
+                do_sample=False,
+                pad_token_id=0,
             )
     wall = time.perf_counter() - t0
     return {"decisions_per_s": len(reqs) / wall, "sampled_agents": len(reqs), "new_tokens_each": new_tokens}
