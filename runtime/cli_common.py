@@ -8,7 +8,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-console = Console(width=110 if not sys.stdout.isatty() else None)
+console = Console(width=130 if not sys.stdout.isatty() else None)
 
 
 def has_display() -> bool:

@@ -34,18 +34,23 @@ def default_bench_model(console: Console | None = None) -> Path:
 
 
 def print_table(console: Console, title: str, columns: list[str], rows: list[list[Any]]) -> None:
+    cells = [[_fmt(x) for x in r] for r in rows]
     table = Table(title=title)
     for i, c in enumerate(columns):
-        table.add_column(c, justify="left" if i == 0 else "right")
-    for r in rows:
-        table.add_row(*[_fmt(x) for x in r])
-    console.print(table)
+        # Numbers and header words are never cut short: a narrow console wraps headers between words.
+        widest = max([len(r[i]) for r in cells] + [len(w) for w in c.split()])
+        table.add_column(c, justify="left" if i == 0 else "right", min_width=widest, overflow="fold")
+    for r in cells:
+        table.add_row(*r)
+    console.print(table, crop=False)  # a console too narrow wraps lines rather than dropping columns
 
 
 def _fmt(x: Any) -> str:
     if x is None:
         return "—"
     if isinstance(x, float):
+        if abs(x) >= 1000:
+            return f"{x:,.0f}"
         return f"{x:,.3f}" if abs(x) < 10 else f"{x:,.1f}"
     return str(x)
 
