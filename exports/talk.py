@@ -123,6 +123,47 @@ def heldout_loss(model: Any, tok: Any, examples: list[ActExample], batch_size: i
     return nll / max(n, 1)
 
 
+def utterance_stats(texts: list[str]) -> dict[str, float]:
+    """How degenerate a set of utterances is, by text alone.
+
+    ``repetitive``: the share of utterances in which some word of three or more letters occurs three
+    times or more, or a word pair occurs twice (``"aldad, aldad, aldad"``); ``distinct_2``: distinct
+    word pairs over all word pairs (1.0: no pair repeats inside an utterance); ``words``: mean length.
+    """
+    import re
+    from collections import Counter
+
+    repetitive, pairs, distinct, words = 0, 0, 0, 0
+    for text in texts:
+        w = re.findall(r"[a-z']+", text.lower())
+        bigrams = list(zip(w, w[1:]))
+        counts, bcounts = Counter(x for x in w if len(x) >= 3), Counter(bigrams)
+        repetitive += bool(counts and max(counts.values()) >= 3) or bool(bcounts and max(bcounts.values()) >= 2)
+        pairs += len(bigrams)
+        distinct += len(bcounts)
+        words += len(w)
+    n = max(len(texts), 1)
+    return {"repetitive": repetitive / n, "distinct_2": distinct / max(pairs, 1), "words": words / n}
+
+
+def heldout_generations(
+    model_dir: str | Path, examples: list[ActExample], new_tokens: int = 32, threads: int = 1
+) -> list[str]:
+    """What ``model_dir`` says, greedily through the runtime, to each held-out prompt."""
+    from runtime.artifacts import load_model_dir
+    from runtime.batcher import Batcher
+    from runtime.bench.talk import _runtime_serve, _tokenizer
+    from runtime.engine import OrtEngine
+    from runtime.kv_cache import RadixCache
+
+    art = load_model_dir(model_dir)
+    tok = _tokenizer(art)
+    batcher = Batcher(OrtEngine(art, intra_op_threads=threads), tok, RadixCache(1 << 28), max_batch_size=64)
+    serve = _runtime_serve(batcher, art.name, new_tokens)
+    said = serve([tuple(ex.prompt) for ex in examples])
+    return [" ".join(tok.decode(u.ids).split()) for u in said]
+
+
 def build_talk_model(
     out_root: str | Path,
     *,
@@ -192,11 +233,14 @@ def build_talk_model(
     target = out_root / TALK_MODEL
     extra = {"task": "talk", "preset": preset, "seed": seed, "distilled_from": teacher}
     export_trained(run / "hf", work / "export-src", target, TALK_MODEL, extra)
+    heldout = data["heldout_persona"]
+    said = heldout_generations(target, heldout, spec.new_tokens, threads=threads)
+    generation = {"student": utterance_stats(said), "teacher": utterance_stats([ex.target for ex in heldout])}
     card = write_model_card(
         target,
         task="talk",
         world="village",
-        heldout={"heldout_persona": {"loss": loss, "n": len(data["heldout_persona"])}},
+        heldout={"heldout_persona": {"loss": loss, "n": len(heldout), "generation": generation}},
         built={
             "preset": preset,
             "seed": seed,

@@ -27,6 +27,15 @@ def test_teacher_conversations_become_examples_with_held_out_personas(tiny_model
     assert r2 and all("says to you" in ex.prompt[-1] for ex in r2)
 
 
+def test_utterance_stats_flag_repetition():
+    from exports.talk import utterance_stats
+
+    s = utterance_stats(["Ah, aldad, aldad, aldad", "Fresh fish at the river today!", "the fish, the fish"])
+    assert s["repetitive"] == 2 / 3  # a word three times; a word pair twice
+    assert s["words"] == 14 / 3 and 0 < s["distinct_2"] < 1
+    assert utterance_stats(["Good morning to you"])["distinct_2"] == 1.0
+
+
 def test_build_talk_model_exports_a_carded_model_the_runtime_serves(tiny_models, tmp_path):
     from runtime.bench.conversation import TalkWorkload
     from runtime.bench.talk import run_talk_bench
@@ -38,6 +47,8 @@ def test_build_talk_model_exports_a_carded_model_the_runtime_serves(tiny_models,
     card = json.loads((tmp_path / TALK_MODEL / "model_card.json").read_text())
     assert art.name == TALK_MODEL and card == r["card"] and card["task"] == "talk"
     assert card["heldout"]["heldout_persona"]["loss"] > 0 and card["built"]["steps"] == 4
+    gen = card["heldout"]["heldout_persona"]["generation"]
+    assert set(gen) == {"student", "teacher"} and 0 <= gen["student"]["repetitive"] <= 1
     # The teacher is not asked again for the same conversations.
     again = build_talk_model(
         tmp_path, teacher=str(tiny_models["llama"]), spec=SPEC, steps=4, preset="tiny", progress=False
