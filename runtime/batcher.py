@@ -22,7 +22,7 @@ from runtime.choices import ChoiceTracker, restrict
 from runtime.constrained import ConstraintCompiler, ConstraintError
 from runtime.engine import BatchKV, OrtEngine
 from runtime.kv_cache import RadixCache, TreeNode, common_prefix_length
-from runtime.sampling import request_rng, sample_tokens
+from runtime.sampling import NgramBlocker, request_rng, sample_tokens
 from runtime.tokenizer import Tokenizer
 from runtime.types import Request, Result
 
@@ -37,6 +37,7 @@ class Sequence:
     prompt: list[int]
     arrival: float = 0.0
     rng: np.random.Generator | None = None
+    blocker: NgramBlocker | None = None  # no_repeat_ngram_size: n-grams of prompt + output so far
     prefix_kv: list[np.ndarray] | None = None  # cached prefix KV segments, (L, 2, H, n, D), until prefill
     matcher: object | None = None
     choices: ChoiceTracker | None = None  # the constraint's string choices, if any
@@ -136,6 +137,8 @@ class Batcher:
                 raise ValueError(
                     f"prompt of {len(seq.prompt)} tokens does not fit the model's context of {self.context}"
                 )
+            if req.sampling.no_repeat_ngram_size:
+                seq.blocker = NgramBlocker(req.sampling.no_repeat_ngram_size, seq.prompt)
             if req.constraint is not None:
                 seq.matcher = self.compiler.matcher(req.constraint)
                 seq.choices = self.compiler.choice_tracker(req.constraint)
@@ -289,7 +292,7 @@ class Batcher:
                 ff = seq.matcher.compute_ff_tokens()
                 if ff:
                     seq.matcher.consume_tokens(ff)
-                    seq.out.extend(ff)
+                    self._emit(seq, ff)
                     seq.forced += len(ff)
             seq.pending = seq.prompt[seq.cached :] + seq.out
             self.stats.requests += 1
@@ -387,6 +390,12 @@ class Batcher:
             for b, s in enumerate(seqs):
                 if s.choices is not None and (allowed := s.choices.allowed(s.out)) is not None:
                     restrict(logits[b], allowed)
+        for b, s in enumerate(seqs):
+            if s.blocker is not None and (banned := s.blocker.banned()):
+                row = logits[b].copy()
+                row[list(banned)] = -np.inf
+                if np.isfinite(row).any():  # never ban the last possible token
+                    logits[b] = row
         alive = []
         picks = sample_tokens(logits, [s.req.sampling for s in seqs], [s.rng for s in seqs])
         for b, (s, (tok, logp)) in enumerate(zip(seqs, picks)):
@@ -405,15 +414,15 @@ class Batcher:
                 return
             if s.matcher.is_stopped():
                 if tok not in self.eos:
-                    s.out.append(tok)
+                    self._emit(s, [tok])
                 s.finish = "stop"
                 return
-            s.out.append(tok)
+            self._emit(s, [tok])
             s.pending = [tok]
             ff = s.matcher.compute_ff_tokens()
             if ff:
                 s.matcher.consume_tokens(ff)
-                s.out.extend(ff)
+                self._emit(s, ff)
                 s.pending.extend(ff)
                 s.forced += len(ff)
                 if s.matcher.is_stopped():
@@ -423,7 +432,7 @@ class Batcher:
             if tok in self.eos and not s.req.sampling.ignore_eos:
                 s.finish = "eos"
                 return
-            s.out.append(tok)
+            self._emit(s, [tok])
             s.pending = [tok]
         if s.req.sampling.stop:
             text = self.tok.decode(s.out)
@@ -437,6 +446,13 @@ class Batcher:
                 s.finish, s.error = "error", f"constrained output incomplete after max_tokens={s.max_tokens}"
         elif s.pos + len(s.pending) >= self.context:
             s.finish = "length"
+
+    @staticmethod
+    def _emit(s: Sequence, tokens: list[int]) -> None:
+        s.out.extend(tokens)
+        if s.blocker is not None:
+            for t in tokens:
+                s.blocker.push(t)
 
     def _finish(self, s: Sequence) -> None:
         if self.cache is not None and s.node is not None:

@@ -16,6 +16,31 @@ def request_rng(params: SamplingParams) -> np.random.Generator:
     return np.random.Generator(np.random.PCG64(params.seed & 0xFFFFFFFFFFFFFFFF))
 
 
+class NgramBlocker:
+    """Tokens that would repeat an n-gram of a sequence (``no_repeat_ngram_size``, as transformers
+    defines it: the prompt counts). Kept up to date token by token: each step costs O(1)."""
+
+    def __init__(self, n: int, tokens: list[int]):
+        self.n = n
+        self.seen: dict[tuple[int, ...], set[int]] = {}
+        self.tail: list[int] = []
+        for t in tokens:
+            self.push(t)
+
+    def push(self, token: int) -> None:
+        self.tail.append(token)
+        if len(self.tail) >= self.n:
+            *prefix, last = self.tail[-self.n :]
+            self.seen.setdefault(tuple(prefix), set()).add(last)
+        del self.tail[: max(0, len(self.tail) - self.n)]
+
+    def banned(self) -> set[int]:
+        """The tokens that may not come next."""
+        if len(self.tail) < self.n - 1:
+            return set()
+        return self.seen.get(tuple(self.tail[len(self.tail) - self.n + 1 :]), set())
+
+
 def log_softmax(logits: np.ndarray) -> np.ndarray:
     m = np.max(logits, axis=-1, keepdims=True)
     z = logits - m

@@ -33,6 +33,9 @@ class SamplingParams(BaseModel):
     stop: tuple[str, ...] = ()
     seed: int = 0
     ignore_eos: bool = False
+    no_repeat_ngram_size: int = Field(
+        0, ge=0, le=16, description="n > 0: never repeat an n-gram of the prompt and output (as transformers)"
+    )
 
 
 class Constraint(BaseModel):

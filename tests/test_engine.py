@@ -47,6 +47,41 @@ def test_greedy_matches_transformers_generate(tiny_models, arch):
         assert res.token_ids == theirs, f"{arch}: {req.prompt[1]!r}"
 
 
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_no_repeat_ngram_matches_transformers(tiny_models, n):
+    torch = pytest.importorskip("torch")
+    from transformers import AutoModelForCausalLM
+
+    hf = AutoModelForCausalLM.from_pretrained(tiny_models["llama"].parent / "hf").eval()
+    b = make_batcher(tiny_models["llama"])
+    reqs = requests(24, no_repeat_ngram_size=n)
+    ours = b.run(reqs)
+    eos = set(b.tok.eos_token_ids)
+    blocked = 0
+    for req, res in zip(reqs, ours):
+        ids = b.tok.encode_prompt(req.segments)
+        with torch.no_grad():
+            kw = dict(max_new_tokens=24, do_sample=False, pad_token_id=1)
+            out = hf.generate(torch.tensor([ids]), no_repeat_ngram_size=n, **kw)
+            free = hf.generate(torch.tensor([ids]), **kw)
+        theirs = [t for t in out[0, len(ids) :].tolist()]
+        if theirs and theirs[-1] in eos:
+            theirs = theirs[:-1]
+        assert res.token_ids == theirs
+        blocked += out.tolist() != free.tolist()
+    assert blocked  # the blocking changed some output: the test exercises it
+
+
+def test_ngram_blocker_bans_what_would_repeat():
+    from runtime.sampling import NgramBlocker
+
+    b = NgramBlocker(3, [5, 6, 7, 5, 6])
+    assert b.banned() == {7}  # "5 6 7" was seen
+    b.push(8)
+    assert b.banned() == set()
+    assert NgramBlocker(1, [1, 2, 2]).banned() == {1, 2}
+
+
 @pytest.mark.parametrize("arch", ["qwen3", "qwen3_moe"])
 def test_same_output_alone_batched_and_cached(tiny_models, arch):
     reqs = requests(10, temperature=0.9, seed=7)
