@@ -147,21 +147,26 @@ def utterance_stats(texts: list[str]) -> dict[str, float]:
 
 
 def heldout_generations(
-    model_dir: str | Path, examples: list[ActExample], new_tokens: int = 32, threads: int = 1
+    model_dir: str | Path,
+    examples: list[ActExample],
+    new_tokens: int = 32,
+    threads: int = 1,
+    no_repeat_ngram_size: int = 0,
 ) -> list[str]:
-    """What ``model_dir`` says, greedily through the runtime, to each held-out prompt."""
+    """What ``model_dir`` says, greedily through the runtime, to each held-out prompt (optionally
+    never repeating an n-gram, as transformers' ``no_repeat_ngram_size``)."""
     from runtime.artifacts import load_model_dir
     from runtime.batcher import Batcher
-    from runtime.bench.talk import _runtime_serve, _tokenizer
+    from runtime.bench.talk import _tokenizer
     from runtime.engine import OrtEngine
     from runtime.kv_cache import RadixCache
+    from runtime.types import Request, SamplingParams
 
     art = load_model_dir(model_dir)
-    tok = _tokenizer(art)
-    batcher = Batcher(OrtEngine(art, intra_op_threads=threads), tok, RadixCache(1 << 28), max_batch_size=64)
-    serve = _runtime_serve(batcher, art.name, new_tokens)
-    said = serve([tuple(ex.prompt) for ex in examples])
-    return [" ".join(tok.decode(u.ids).split()) for u in said]
+    batcher = Batcher(OrtEngine(art, intra_op_threads=threads), _tokenizer(art), RadixCache(1 << 28), max_batch_size=64)
+    sampling = SamplingParams(max_tokens=new_tokens, no_repeat_ngram_size=no_repeat_ngram_size)
+    reqs = [Request(model=art.name, prompt=tuple(ex.prompt), sampling=sampling, id=f"talk-{i}") for i, ex in enumerate(examples)]
+    return [" ".join(r.text.split()) for r in batcher.run(reqs)]
 
 
 def build_talk_model(
@@ -234,8 +239,11 @@ def build_talk_model(
     extra = {"task": "talk", "preset": preset, "seed": seed, "distilled_from": teacher}
     export_trained(run / "hf", work / "export-src", target, TALK_MODEL, extra)
     heldout = data["heldout_persona"]
-    said = heldout_generations(target, heldout, spec.new_tokens, threads=threads)
-    generation = {"student": utterance_stats(said), "teacher": utterance_stats([ex.target for ex in heldout])}
+    generation = {
+        "teacher": utterance_stats([ex.target for ex in heldout]),
+        "student": utterance_stats(heldout_generations(target, heldout, spec.new_tokens, threads)),
+        "student_no_repeat_3": utterance_stats(heldout_generations(target, heldout, spec.new_tokens, threads, 3)),
+    }
     card = write_model_card(
         target,
         task="talk",
