@@ -464,7 +464,7 @@ def _write_cards(
                 if run == "student" and plan.dagger.rounds
                 else None
             ),
-            "train_wall_s": metrics.get("wall_s_this_run"),
+            "train_wall_s": metrics.get("wall_s_total"),
         }
         runtime = measure_decisions_per_s(model_dir, speed_prompts)
         if name == TEACHER:

@@ -259,7 +259,7 @@ def build_talk_model(
             "data": {s: len(v) for s, v in data.splits.items() if v},
             "talk_spec": asdict(spec),
             "data_wall_s": data_s,
-            "train_wall_s": metrics.get("wall_s_this_run"),
+            "train_wall_s": metrics.get("wall_s_total"),
         },
     )
     return {"model": target, "card": card}

@@ -362,6 +362,10 @@ def train(
     wall = time.time() - t0
     model.eval()
     model.save_pretrained(hf_dir)
+    before = 0.0  # training time of the earlier runs this one resumed
+    if start > 0 and (out / "metrics.json").is_file():
+        prev = json.loads((out / "metrics.json").read_text())
+        before = prev.get("wall_s_total", prev.get("wall_s_this_run") or 0.0)
     metrics: dict[str, Any] = {
         "preset": cfg.preset,
         "config": asdict(cfg),
@@ -373,6 +377,7 @@ def train(
         "mean_example_tokens": len(enc.prefix) + float(np.mean([len(s) for s in enc.suffix])),
         "train_ce_ema": loss_ema,
         "wall_s_this_run": round(wall, 1),
+        "wall_s_total": round(before + wall, 1),
         "tokens_per_s_this_run": round(tokens / wall, 1) if wall > 0 else None,
     }
     if evaluate_at_end and end == cfg.steps:

@@ -46,6 +46,23 @@ def test_shipped_model_verifies_and_has_a_card(name):
         assert card["architecture"] == "qwen3_moe" and card["active_parameters"] < card["parameters"]
 
 
+def test_shipped_talk_model_verifies_speaks_and_has_a_card():
+    from exports.talk import heldout_generations
+
+    art = load_model_dir(SHIPPED_DIR / "village-talk")  # every checksum
+    card = json.loads((SHIPPED_DIR / "village-talk" / "model_card.json").read_text())
+    held = card["heldout"]["heldout_persona"]
+    assert card["task"] == "talk" and held["loss"] > 0 and held["n"] >= 100
+    assert set(held["generation"]) == {"teacher", "student", "student_no_repeat_3"}
+    from runtime.bench.conversation import SYSTEM_TEXT, conversation_segment, make_cast, persona_segment
+
+    ada, bram = make_cast(2, seed=5)
+    prompt = (SYSTEM_TEXT, persona_segment(ada), conversation_segment(bram, "Good morning! Any fish today?"))
+    example = type("Example", (), {"prompt": prompt})()
+    (line,) = heldout_generations(art.path, [example], new_tokens=12)
+    assert line.strip()
+
+
 @pytest.fixture(scope="module")
 def heldout_persona():
     from exports.build import heldout_examples
