@@ -39,7 +39,7 @@ class TalkDataSpec:
         seed: the seed the casts are drawn from.
     """
 
-    conversations: int = 12
+    conversations: int = 64
     agents: int = 32
     rounds: int = 3
     new_tokens: int = 32
@@ -174,7 +174,7 @@ def build_talk_model(
     *,
     teacher: str = "smollm2-135m",
     spec: TalkDataSpec | None = None,
-    steps: int = 300,
+    steps: int = 1500,
     preset: str = "talk-student",
     seed: int = 0,
     threads: int = 1,
