@@ -155,17 +155,12 @@ def heldout_generations(
 ) -> list[str]:
     """What ``model_dir`` says, greedily through the runtime, to each held-out prompt (optionally
     never repeating an n-gram, as transformers' ``no_repeat_ngram_size``)."""
-    from runtime.artifacts import load_model_dir
-    from runtime.batcher import Batcher
-    from runtime.bench.talk import _tokenizer
-    from runtime.engine import OrtEngine
-    from runtime.kv_cache import RadixCache
     from runtime.types import Request, SamplingParams
+    from runtime.worker import WorkerConfig, build_batcher
 
-    art = load_model_dir(model_dir)
-    batcher = Batcher(OrtEngine(art, intra_op_threads=threads), _tokenizer(art), RadixCache(1 << 28), max_batch_size=64)
+    batcher = build_batcher(WorkerConfig(str(model_dir), threads=threads, cache_bytes=1 << 28))
     sampling = SamplingParams(max_tokens=new_tokens, no_repeat_ngram_size=no_repeat_ngram_size)
-    reqs = [Request(model=art.name, prompt=tuple(ex.prompt), sampling=sampling, id=f"talk-{i}") for i, ex in enumerate(examples)]
+    reqs = [Request(model="talk", prompt=tuple(ex.prompt), sampling=sampling, id=f"talk-{i}") for i, ex in enumerate(examples)]
     return [" ".join(r.text.split()) for r in batcher.run(reqs)]
 
 
