@@ -71,6 +71,8 @@ class BatcherStats:
     engine_s: float = 0.0  # inside ONNX Runtime
     step_s: float = 0.0  # inside :meth:`Batcher.step` (engine included)
     add_s: float = 0.0  # queueing requests: tokenizing, compiling constraints
+    engine_cpu_s: float = 0.0  # CPU time of this thread in ONNX Runtime (its own pool threads not counted)
+    step_cpu_s: float = 0.0  # CPU time of this thread in step() and add_many(): wall minus CPU is waiting
 
     @property
     def hit_ratio(self) -> float:
@@ -150,11 +152,12 @@ class Batcher:
 
     def add_many(self, requests: list[Request]) -> None:
         """Queue ``requests`` (their new prompt segments tokenized in one batched call)."""
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.thread_time()
         self.tok.prefetch(r.segments for r in requests)
         for r in requests:
             self.add(r)
         self.stats.add_s += time.perf_counter() - t0
+        self.stats.step_cpu_s += time.thread_time() - c0
 
     def fail_all(self, error: str) -> list[Result]:
         """End every waiting and running request with ``error`` and start over with an empty
@@ -180,7 +183,7 @@ class Batcher:
 
     def step(self) -> list[Result]:
         """One scheduling iteration; returns the requests that finished in it."""
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.thread_time()
         admitted = self._admit()
         if admitted:
             self._prefill(admitted)
@@ -188,6 +191,7 @@ class Batcher:
             self._decode()
         done, self._done = self._done, []
         self.stats.step_s += time.perf_counter() - t0
+        self.stats.step_cpu_s += time.thread_time() - c0
         return done
 
     def run(self, requests: list[Request]) -> list[Result]:
@@ -371,9 +375,10 @@ class Batcher:
             mask[b, T - n :] = 1
             s.pos += n
             s.pending = []
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.thread_time()
         logits, kv = self.engine.forward(ids, pos, mask, past)
         self.stats.engine_s += time.perf_counter() - t0
+        self.stats.engine_cpu_s += time.thread_time() - c0
         return logits, kv
 
     # ---- sampling and finishing ---------------------------------------------------------------

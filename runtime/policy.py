@@ -1,9 +1,15 @@
 """Routing policy: which replica of a model serves which requests.
 
-Requests are sorted by their prompt segments and cut into contiguous, equal chunks, one per live
-replica: neighbours in that order share the longest prefixes, so each replica's radix cache sees
-whole families of related prompts, and the load stays even. Results never depend on the routing
-(sampling is seeded per request), only speed does.
+Requests are sorted by their prompt segments and dealt round-robin over the live replicas. The
+order is stable from one call to the next (a persona's prompt keeps its place among the others),
+so an agent's requests keep going to the same replica and hit the KV its radix cache holds for
+that agent's persona and memory. Dealing, rather than cutting the order into contiguous chunks,
+gives every replica the same mix of prompt families: contiguous chunks put whole roles on one
+replica, and roles differ in prompt and answer length, so one replica finished a 1,000-agent tick
+up to a second before the other (engine time 1.6 vs 2.0 s) and then sat idle. The shared head of
+every family (world rules, a role's text) is then cached by each replica once, which costs one
+prefill per replica. Results never depend on the routing (sampling is seeded per request), only
+speed does.
 """
 
 from __future__ import annotations
@@ -12,17 +18,11 @@ from runtime.types import Request
 
 
 def split_for_replicas(requests: list[Request], replicas: int) -> list[list[Request]]:
-    """Split ``requests`` into at most ``replicas`` non-empty chunks of near-equal size."""
+    """Split ``requests`` into at most ``replicas`` non-empty lists whose sizes differ by one at most."""
     if replicas <= 0:
         raise ValueError("no replica to route to")
     if replicas == 1 or len(requests) <= 1:
         return [list(requests)] if requests else []
     order = sorted(requests, key=lambda r: r.segments)
     n = min(replicas, len(order))
-    size, extra = divmod(len(order), n)
-    chunks, start = [], 0
-    for i in range(n):
-        end = start + size + (1 if i < extra else 0)
-        chunks.append(order[start:end])
-        start = end
-    return chunks
+    return [order[i::n] for i in range(n)]

@@ -37,6 +37,8 @@ class WorkerConfig:
             recently used: an agent's persona, hit every tick, outlives the one-off observation
             tails inserted after it) or ``"lru"``.
         verify: check file checksums on load.
+        numpy_hugepages: let numpy back large arrays with transparent huge pages in this process
+            (off by default: see :func:`runtime.engine.set_numpy_hugepages`).
     """
 
     model_dir: str
@@ -48,6 +50,7 @@ class WorkerConfig:
     cache_bytes: int = 512 << 20
     cache_policy: str = "lfu"
     verify: bool = True
+    numpy_hugepages: bool = False
     extra: dict = field(default_factory=dict)
 
 
@@ -55,13 +58,14 @@ def build_batcher(cfg: WorkerConfig):
     """Engine + tokenizer + cache + batcher for ``cfg`` (also used without Ray)."""
     from runtime.artifacts import load_model_dir
     from runtime.batcher import Batcher
-    from runtime.engine import OrtEngine
+    from runtime.engine import OrtEngine, set_numpy_hugepages
     from runtime.kv_cache import LFUPolicy, LRUPolicy, RadixCache
     from runtime.tokenizer import Tokenizer
 
     policies = {"lfu": LFUPolicy, "lru": LRUPolicy}
     if cfg.cache_policy not in policies:
         raise ValueError(f"cache_policy must be one of {', '.join(policies)}, not {cfg.cache_policy!r}")
+    set_numpy_hugepages(cfg.numpy_hugepages)
     art = load_model_dir(Path(cfg.model_dir), verify=cfg.verify)
     providers = list(cfg.providers) if isinstance(cfg.providers, tuple) else cfg.providers
     engine = OrtEngine(art, providers=providers, intra_op_threads=cfg.threads or None)

@@ -36,11 +36,16 @@ def scheduler(ray_session, tiny_models):
         yield s
 
 
-def test_split_for_replicas_keeps_neighbours_and_balance():
-    rs = [Request(model="m", prompt=[p, str(i)]) for i, p in enumerate("abababab")]
+def test_split_for_replicas_deals_families_evenly_and_stably():
+    rs = [Request(model="m", prompt=[p, str(i)]) for i, p in enumerate("aaaabbbb")]
     chunks = split_for_replicas(rs, 2)
     assert [len(c) for c in chunks] == [4, 4]
-    assert {r.segments[0] for r in chunks[0]} == {"a"} and {r.segments[0] for r in chunks[1]} == {"b"}
+    # every replica gets the same mix of prompt families (roles), not one family each
+    assert [sorted(r.segments[0] for r in c) for c in chunks] == [["a", "a", "b", "b"]] * 2
+    # an agent's prompt lands on the same replica whatever order the requests come in
+    again = split_for_replicas(list(reversed(rs)), 2)
+    assert [[r.segments for r in c] for c in again] == [[r.segments for r in c] for c in chunks]
+    assert [len(c) for c in split_for_replicas(rs[:5], 3)] == [2, 2, 1]
     assert split_for_replicas(rs[:1], 3) == [rs[:1]]
     with pytest.raises(ValueError):
         split_for_replicas(rs, 0)
@@ -129,6 +134,21 @@ def test_worker_cache_policy_is_configurable(tiny_models):
     assert isinstance(build_batcher(WorkerConfig(model, threads=1, cache_policy="lru")).cache.policy, LRUPolicy)
     with pytest.raises(ValueError, match="cache_policy"):
         build_batcher(WorkerConfig(model, threads=1, cache_policy="fifo"))
+
+
+def test_worker_sets_numpy_huge_pages_as_configured(tiny_models):
+    from runtime.engine import set_numpy_hugepages
+    from runtime.worker import build_batcher
+
+    model = str(tiny_models["qwen3"])
+    before = set_numpy_hugepages(True)
+    try:
+        build_batcher(WorkerConfig(model, threads=1))
+        assert set_numpy_hugepages(False) is False  # the worker turned them off
+        build_batcher(WorkerConfig(model, threads=1, numpy_hugepages=True))
+        assert set_numpy_hugepages(False) is True
+    finally:
+        set_numpy_hugepages(before)
 
 
 def test_engine_failure_fails_the_batch_loudly_and_the_worker_keeps_serving(tiny_models):
