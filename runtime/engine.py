@@ -66,7 +66,7 @@ def set_numpy_hugepages(enabled: bool) -> bool:
 
     The batcher allocates KV batches of a few MB at a time, of ever-changing shapes, so each one
     lands on fresh pages. On the 2-core VM the benchmarks run on, huge-page faults made merging
-    decode cohorts 5x slower (1.78 vs 0.36 s of CPU per 2,000 decisions) and worker Python 1.6-2x
+    decode cohorts 5x slower (1.78 vs 0.36 s per 2,000 decisions) and worker Python 1.6-2x
     costlier; workers therefore turn it off (``WorkerConfig.numpy_hugepages``). It is process-wide.
     """
     try:

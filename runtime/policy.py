@@ -1,8 +1,9 @@
 """Routing policy: which replica of a model serves which requests.
 
 Requests are sorted by their prompt segments and dealt round-robin over the live replicas. The
-order is stable from one call to the next (a persona's prompt keeps its place among the others),
-so an agent's requests keep going to the same replica and hit the KV its radix cache holds for
+order is stable from one call to the next while the same agents ask (a persona's prompt keeps its
+place among the others; an agent leaving shifts the ones after it), so an agent's requests keep
+going to the same replica and hit the KV its radix cache holds for
 that agent's persona and memory. Dealing, rather than cutting the order into contiguous chunks,
 gives every replica the same mix of prompt families: contiguous chunks put whole roles on one
 replica, and roles differ in prompt and answer length, so one replica finished a 1,000-agent tick
