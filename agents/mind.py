@@ -53,6 +53,7 @@ class MindContext(Protocol):
     def rules_text(self) -> str: ...
     def argument_choices(self, agent: str) -> dict[str, list[str]]: ...
     def role_text(self, role: str) -> str: ...
+    def persona_text(self, agent: str) -> str: ...
     def fallback_action(self) -> BaseModel: ...
     def expert(self, persona: Persona, observation: str) -> BaseModel: ...
 
@@ -99,6 +100,7 @@ class Mind:
         constraint: the JSON-schema constraint for ``action_type`` (shared by all minds).
         model: serve with this model instead of the persona's ``act`` model.
         max_tokens: generation limit for one action.
+        persona_text: the persona segment as the world words it (default ``persona.describe()``).
     """
 
     def __init__(
@@ -111,8 +113,10 @@ class Mind:
         constraint: Constraint | None = None,
         model: str | None = None,
         max_tokens: int = DEFAULT_MAX_TOKENS,
+        persona_text: str | None = None,
     ) -> None:
         self.persona = persona
+        self.persona_text = persona_text
         self.rules = rules
         self.role = role
         self.action_type = action_type
@@ -129,6 +133,7 @@ class Mind:
             memory=memory,
             observation=observation,
             now=now,
+            persona_text=self.persona_text,
         )
 
     def request(
@@ -227,6 +232,7 @@ class Brain(ABC):
             memory=world.memory(agent),
             observation=self._observations[agent],
             now=self._tick,
+            persona_text=world.persona_text(agent),
         )
         self.last_prompt[agent] = prompt
         return prompt
@@ -279,6 +285,7 @@ class ModelBrain(Brain):
                 constraint=self.constraint,
                 model=self.model,
                 max_tokens=self.max_tokens,
+                persona_text=self.world.persona_text(agent),
             )
             self._minds[agent] = mind
         return mind

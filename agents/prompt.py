@@ -18,7 +18,7 @@ SEGMENTS: tuple[str, ...] = ("rules", "role", "persona", "memory", "observation"
 """Segment names, in prompt order."""
 
 MEMORY_K = 5
-ACTION_CUE = "Your next action as one JSON object:"
+ACTION_CUE = "Action:"
 
 
 def render_memory(events: Sequence[MemoryEvent]) -> str:
@@ -45,6 +45,7 @@ def build_prompt(
     observation: str,
     now: int,
     k: int = MEMORY_K,
+    persona_text: str | None = None,
 ) -> tuple[str, ...]:
     """Build the prompt segments for one agent.
 
@@ -56,6 +57,8 @@ def build_prompt(
         observation: the compact current observation.
         now: the current tick (for recency; it does not appear in the shared segments).
         k: how many memories to show.
+        persona_text: the persona segment as the world words it (``World.persona_text``);
+            ``persona.describe()`` when not given.
 
     Returns:
         Five segments in :data:`SEGMENTS` order, each ending with a blank line except the last,
@@ -65,7 +68,7 @@ def build_prompt(
     return (
         rules.strip() + "\n\n",
         role.strip() + "\n\n",
-        persona.describe() + "\n\n",
+        (persona.describe() if persona_text is None else persona_text) + "\n\n",
         render_memory(events) + "\n\n",
         "Now:\n" + observation.strip() + "\n" + ACTION_CUE,
     )

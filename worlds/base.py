@@ -182,6 +182,11 @@ class World(ParallelEnv, ABC):
     def role_text(self, role: str) -> str:
         """The role prompt segment: identical for every agent with ``role``."""
 
+    def persona_text(self, agent: str) -> str:
+        """The persona prompt segment of ``agent``: identical on every tick. The default is
+        :meth:`Persona.describe`; a world may add what the persona's traits mean in it."""
+        return self.persona(agent).describe()
+
     @abstractmethod
     def view(self) -> WorldView:
         """A plain snapshot for renderers."""

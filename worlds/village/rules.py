@@ -84,8 +84,9 @@ def _price_list(prices: dict[str, int]) -> str:
 
 
 RULES_TEXT = f"""\
-Village, 48x48 tiles. A day is {DAY_LENGTH} ticks; {NIGHT_START}-{DAY_LENGTH - 1} are night. Needs go 0-1: hunger and social rise
-(0 best), energy falls (1 best); "feel" names the needs past your own limits. Score: fed, rested, wealthy, social.
+Village, 48x48 tiles; a day is {DAY_LENGTH} ticks, the last {DAY_LENGTH - NIGHT_START} of them night. "feel" names your needs past
+your own limits: hungry or starving; exhausted, tired, sleepy or rested; lonely; laden when you carry enough of your
+produce to sell. Each offer to you ends good or bad by your own terms. Score: fed, rested, wealthy, social.
 One JSON action a tick:
 move {"|".join(DIRECTIONS)}; go_to {"|".join(PLACES)} ({GO_TO_SPEED} tiles);
 gather: {", ".join(f"{p} {i}" for p, i in GATHER.items())} (slippery at night);\

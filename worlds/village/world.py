@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import string
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, ClassVar
 
 import gymnasium
@@ -28,7 +28,7 @@ from worlds.village.map import (
     chebyshev,
     path_step,
 )
-from worlds.village.observation import Neighbor, Offer, VillageObs, feelings
+from worlds.village.observation import Neighbor, Offer, VillageObs, appraise, feelings, ways
 
 START_BOX = (6, 8, 27, 15)
 """x0, y0, x1, y1 (inclusive) of the area agents wake up in on reset."""
@@ -172,6 +172,12 @@ class Village(World):
 
     def role_text(self, role: str) -> str:
         return R.ROLE_TEXT[role]
+
+    def persona_text(self, agent: str) -> str:
+        """The persona, then its ways in this village (:func:`observation.ways`: its trade terms
+        and habits, the numbers its traits give them)."""
+        persona = self.persona(agent)
+        return persona.describe() + "\n" + ways(persona.role, persona.traits)
 
     def expert(self, persona: Persona, observation: Any) -> BaseModel:
         from worlds.village.expert import expert_action
@@ -355,21 +361,19 @@ class Village(World):
     def observe(self, agent: str) -> VillageObs:
         """The structured observation of ``agent`` (its ``to_text()`` is what ``step`` returns)."""
         v = self._v[agent]
+        persona = self.persona(agent)
         night = R.is_night(self.tick)
         hunger, energy, social = round(v.hunger, 2), round(v.energy, 2), round(v.social, 2)
+        holdings = {k: n for k, n in v.inventory.items() if n > 0}
+        feel = feelings(hunger, energy, social, night, persona.traits, role=persona.role, holdings=holdings)
+        hungry = "hungry" in feel or "starving" in feel
+        wallet = {**holdings, "coins": v.coins}
         return VillageObs(
-            tick=self.tick,
             night=night,
-            switch_in=R.ticks_to_switch(self.tick),
-            x=v.x,
-            y=v.y,
             area=area_at(v.x, v.y),
-            hunger=hunger,
-            energy=energy,
-            social=social,
             coins=v.coins,
-            feel=feelings(hunger, energy, social, night, self.persona(agent).traits),
-            inventory=tuple((k, n) for k, n in v.inventory.items() if n > 0),
+            feel=feel,
+            inventory=tuple(holdings.items()),
             last=v.last,
             refused=self.refusal(agent),
             near=tuple(
@@ -377,7 +381,16 @@ class Village(World):
                 for name, d in zip(self._near[agent], self._near_dist[agent], strict=True)
             ),
             heard=tuple((who, text) for who, text in v.heard),
-            offers=tuple(Offer(*o) for o in v.offers),
+            offers=tuple(
+                replace(o, good=appraise(o, wallet, persona.role, persona.traits, hungry))
+                for o in (Offer(*raw) for raw in v.offers)
+            ),
+            tick=self.tick,
+            x=v.x,
+            y=v.y,
+            hunger=hunger,
+            energy=energy,
+            social=social,
         )
 
     def _observe_all(self) -> dict[str, str]:
