@@ -23,8 +23,10 @@ from agents import (
     derive_seed,
     parse_action,
 )
+from agents.prompt import ACTION_CUE, observation_of
 from runtime.types import Result
 from worlds.village import Eat, Idle, Talk, Trade, Village, VillageAction, VillagePersona, default_cast
+from worlds.village.observation import ways
 
 
 def result_for(request, text: str, error: str | None = None) -> Result:
@@ -220,9 +222,16 @@ def test_prompt_segments_are_ordered_and_shared():
     assert p1[0] == p2[0] == pm[0] == world.rules_text() + "\n\n"  # rules: shared by all
     assert p1[1] == p2[1] != pm[1]  # role: shared within a role
     assert p1[2] != p2[2] and p1[2].startswith("You are")
+    # the persona segment is the world's persona text: the persona, then its ways in this world
+    for agent in (*farmers[:2], merchant):
+        persona, segment = world.persona(agent), brain.last_prompt[agent][2]
+        assert segment == world.persona_text(agent) + "\n\n"
+        assert segment == persona.describe() + "\n" + ways(persona.role, persona.traits) + "\n\n"
+        assert segment.rstrip("\n").splitlines()[-1].startswith("Ways: ")
     assert p1[3].startswith("Memories:")
-    assert p1[4].startswith("Now:\n" + obs[farmers[0]])
-    assert sum(len(s) for s in p1[4:]) < 600  # the observation stays compact
+    assert p1[4] == "Now:\n" + obs[farmers[0]] + "\n" + ACTION_CUE
+    assert observation_of(p1) == obs[farmers[0]]
+    assert sum(len(s) for s in p1[4:]) < 400  # the observation stays compact
 
 
 def test_shared_segments_do_not_change_across_ticks():
@@ -247,6 +256,27 @@ def test_build_prompt_shows_relevant_memories():
     assert segments[3] == "Memories:\n- t3: Harlan cheated me on fish\n\n"
 
 
+def test_build_prompt_persona_segment_and_action_cue():
+    persona = default_cast()[0]
+    kw = {
+        "rules": "R",
+        "role": "Role",
+        "persona": persona,
+        "memory": None,
+        "observation": "day at fields\n",
+        "now": 0,
+    }
+    plain = build_prompt(**kw)
+    assert plain[2] == persona.describe() + "\n\n"  # without a world's wording, the persona describes itself
+    worded = build_prompt(**kw, persona_text="You are Alda.\nWays: idle, you wait.")
+    assert worded[2] == "You are Alda.\nWays: idle, you wait.\n\n"
+    assert worded[:2] + worded[3:] == plain[:2] + plain[3:]
+    assert plain[4] == "Now:\nday at fields\nAction:" and ACTION_CUE == "Action:"
+    assert observation_of(plain) == "day at fields"
+    with pytest.raises(ValueError, match="not a prompt built by build_prompt"):
+        observation_of((*plain[:4], "Now:\nday at fields\nYour next action as one JSON object:"))
+
+
 # ----------------------------------------------------------------- minds and brains
 
 
@@ -255,6 +285,11 @@ def test_mind_request_is_greedy_constrained_and_seeded():
     persona = world.persona("Alda")
     mind = Mind(persona, rules="r", role="x", action_type=world.action_type)
     prompt = mind.prompt(world.memory("Alda"), obs["Alda"], now=0)
+    assert prompt[2] == persona.describe() + "\n\n"  # no world wording given
+    worded = Mind(
+        persona, rules="r", role="x", action_type=world.action_type, persona_text=world.persona_text("Alda")
+    )
+    assert worded.prompt(world.memory("Alda"), obs["Alda"], now=0)[2] == world.persona_text("Alda") + "\n\n"
     req = mind.request(prompt, now=0, sim_seed=7)
     assert req.model == "village-act" and req.tag == "Alda"
     assert req.sampling.temperature == 0.0
@@ -304,6 +339,8 @@ def test_model_brain_with_a_stand_in_server():
     assert brain.last_decision["Alda"].reason.startswith("unparsable")
     assert brain.stats == {"decisions": 12, "fallbacks": 2}
     assert brain.last_prompt["Cora"] == requests[2].segments
+    for r in requests:  # the minds word the persona as the world does, Ways line included
+        assert r.segments[2] == world.persona_text(r.tag) + "\n\n" and "\nWays: " in r.segments[2]
     obs, *_ = world.step(actions)  # whatever the model said, step accepts it
     assert ModelBrain(world, model="tiny").requests(obs)[0].model == "tiny"
 

@@ -135,6 +135,7 @@ def test_a_minimal_user_world_passes():
     check_world(lambda: Meadow(flock, max_ticks=20), ticks=10, api_cycles=30)
     meadow = Meadow(flock)
     meadow.reset(seed=1)
+    assert meadow.persona_text("Dolly") == flock[0].describe()  # a world need not word its personas
     *_, infos = meadow.step({"Dolly": '{"action": "graze"}', "Shaun": "baa"})
     assert infos["Shaun"]["refused"].startswith("invalid action: not JSON")
     with pytest.raises(ValueError, match="role 'wolf'"):

@@ -13,6 +13,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 F = torch.nn.functional
 
+from agents.prompt import ACTION_CUE  # noqa: E402
 from exports.dataset import (  # noqa: E402
     SPLITS,
     DatasetSpec,
@@ -105,7 +106,8 @@ def test_examples_are_what_the_model_brain_sees_and_the_decoder_emits(data):
     rules = data["train"][0].prompt[0]
     for ex in data["train"][:200] + data["heldout_persona"][:50]:
         assert len(ex.prompt) == 5 and ex.prompt[0] == rules
-        assert ex.prompt[-1].endswith("Your next action as one JSON object:")
+        assert ex.prompt[-1].endswith("\n" + ACTION_CUE)
+        assert ex.prompt[2].rstrip("\n").splitlines()[-1].startswith("Ways: ")  # the village's persona text
         assert action_json(parse_action(VillageAction, ex.target)) == ex.target
     kinds = {parse_action(VillageAction, ex.target).action for ex in data["train"]}
     assert {"go_to", "gather", "eat", "sleep", "trade"} <= kinds
@@ -144,7 +146,9 @@ def test_shared_prefix_forward_and_decode_match_plain_transformers(data, tok_dir
 
 @pytest.mark.parametrize("preset", ["tiny", "tiny-moe"])
 @pytest.mark.parametrize("shared_prefix", [True, False])
-def test_last_layer_only_at_targets_matches_the_full_pass_and_its_gradients(data, tok_dir, preset, shared_prefix):
+def test_last_layer_only_at_targets_matches_the_full_pass_and_its_gradients(
+    data, tok_dir, preset, shared_prefix
+):
     from transformers import DynamicCache
 
     torch.set_num_threads(1)

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from agents.mind import ExpertBrain, ModelBrain
+from agents.prompt import ACTION_CUE
 from runtime.cli import main as cli_main
 from runtime.scheduler import ModelSpec, Scheduler
 from runtime.simulation import Simulation
@@ -63,7 +64,8 @@ def test_expert_simulation_is_deterministic_and_inspectable():
     assert hashes[0] == hashes[1]
     info = sim.inspect(world.agents[0])
     assert set(info) == {"persona", "state", "memory", "last prompt", "last decision"}
-    assert "[expert]" in info["last decision"] and "Your next action" in info["last prompt"]
+    assert "[expert]" in info["last decision"]
+    assert info["last prompt"].startswith("Now:\n") and info["last prompt"].endswith("\n" + ACTION_CUE)
 
 
 def test_200_agents_through_ray(ray_session, tiny_models):
@@ -175,7 +177,22 @@ def test_bench_village_quick_writes_json_and_plot(ray_session, tiny_models, tmp_
 
 def test_bench_serve_quick_four_variants(tiny_models, tmp_path):
     out = tmp_path / "serve.json"
-    assert cli_main(["bench", "serve", "--quick", "--model", str(tiny_models["llama"]), "--json", str(out), "--requests", "6"]) == 0
+    assert (
+        cli_main(
+            [
+                "bench",
+                "serve",
+                "--quick",
+                "--model",
+                str(tiny_models["llama"]),
+                "--json",
+                str(out),
+                "--requests",
+                "6",
+            ]
+        )
+        == 0
+    )
     data = json.loads(out.read_text())
     assert set(data["variants"]) == {"hf_per_request", "hf_batched", "runtime_no_cache", "runtime_cache"}
     for name, v in data["variants"].items():
@@ -187,7 +204,15 @@ def test_bench_serve_quick_four_variants(tiny_models, tmp_path):
 
 def test_bench_score_compares_brains_on_the_same_seeds(ray_session, tiny_models, tmp_path):
     out = tmp_path / "score.json"
-    args = ["bench", "score", "--quick", "--model", str(tiny_models["qwen3"]), "--teacher", str(tiny_models["llama"])]
+    args = [
+        "bench",
+        "score",
+        "--quick",
+        "--model",
+        str(tiny_models["qwen3"]),
+        "--teacher",
+        str(tiny_models["llama"]),
+    ]
     assert cli_main([*args, "--json", str(out)]) == 0
     data = json.loads(out.read_text())
     brains = data["brains"]
