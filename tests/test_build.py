@@ -234,7 +234,25 @@ def test_models_build_command_defaults_to_the_user_models_dir(built, tmp_path, m
 
     monkeypatch.setattr(exports.build, "build_models", fake_build)
     monkeypatch.setenv("MURMURATE_MODELS", str(tmp_path / "user"))
-    assert main(["models", "build", "--scale", "tiny", "--steps", "7", "--seed", "3", "--student-steps", "9", "--dagger-rounds", "0"]) == 0
+    assert (
+        main(
+            [
+                "models",
+                "build",
+                "--scale",
+                "tiny",
+                "--steps",
+                "7",
+                "--seed",
+                "3",
+                "--student-steps",
+                "9",
+                "--dagger-rounds",
+                "0",
+            ]
+        )
+        == 0
+    )
     out, kw = calls[0]
     assert out == tmp_path / "user"  # where `--model village-act` looks
     assert kw == {
@@ -265,8 +283,16 @@ def test_changed_run_redoes_only_what_depends_on_it(built, tmp_path):
         int8_min_agreement=0.0,
         progress=False,
     )
-    assert result["ran"] == ["distill-student", "dagger-student", "export-student", "quantize-student", "cards"]
-    assert {"dataset", "tokenizer", "train-teacher", "train-dense", "export-teacher"} <= set(result["skipped"])
+    assert result["ran"] == [
+        "distill-student",
+        "dagger-student",
+        "export-student",
+        "quantize-student",
+        "cards",
+    ]
+    assert {"dataset", "tokenizer", "train-teacher", "train-dense", "export-teacher"} <= set(
+        result["skipped"]
+    )
     import torch
 
     # The student's old checkpoint (fewer steps, another schedule) is not resumed from.

@@ -24,6 +24,8 @@ SCHEMA = {
     "required": ["action", "to", "note"],
     "additionalProperties": False,
 }
+
+
 @pytest.fixture
 def batcher(moe_batcher):
     return moe_batcher
@@ -98,7 +100,17 @@ def test_tracker_follows_the_output_across_token_boundaries():
     assert tracker.allowed(out) is None  # in the key
     out.append(ids[b'":'])
     # before the value: no quote (the schema decides), or a quote that opens a fitting value
-    assert {vocab[i] for i in tracker.allowed(out)} == {b"to", b"Al", b"da", b"Bo", b"x", b'{"', b' "', b'"', b' "Bo'}
+    assert {vocab[i] for i in tracker.allowed(out)} == {
+        b"to",
+        b"Al",
+        b"da",
+        b"Bo",
+        b"x",
+        b'{"',
+        b' "',
+        b'"',
+        b' "Bo',
+    }
     out.append(ids[b' "'])
     assert {vocab[i] for i in tracker.allowed(out)} == {b"Al", b"Bo"}
     out.append(ids[b"Al"])

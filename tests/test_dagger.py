@@ -14,7 +14,10 @@ def test_fresh_worlds_and_personas_are_in_no_split():
     assert fresh_seeds(spec, 5, 1, 0) != seeds  # every round its own worlds
     used = {p.name for plan in plans for p in plan.cast}
     heldout_traits = {
-        tuple(sorted(p.traits.items())) for plan in plans if plan.split == "heldout_persona" for p in plan.cast
+        tuple(sorted(p.traits.items()))
+        for plan in plans
+        if plan.split == "heldout_persona"
+        for p in plan.cast
     }
     casts = [fresh_cast(spec, w, r, 0) for r in range(2) for w in range(3)]
     fresh = [p for cast in casts for p in cast[12:]]  # after the default cast

@@ -150,9 +150,16 @@ def test_small_decode_cohorts_merge_without_changing_outputs(tiny_models):
 def test_admission_groups_alike_uncached_tails(tiny_models):
     """A prefill pass pads rows to its longest new tail: the batcher admits the oldest request with
     the waiting ones whose uncached tails are closest in length, and no output changes."""
-    short = [Request(model="m", prompt=[SHARED, f"Tom{i}"], sampling=SamplingParams(max_tokens=6)) for i in range(4)]
+    short = [
+        Request(model="m", prompt=[SHARED, f"Tom{i}"], sampling=SamplingParams(max_tokens=6))
+        for i in range(4)
+    ]
     long = [
-        Request(model="m", prompt=[SHARED, f"Ann{i} " + "walks to the river and back " * 6], sampling=SamplingParams(max_tokens=6))
+        Request(
+            model="m",
+            prompt=[SHARED, f"Ann{i} " + "walks to the river and back " * 6],
+            sampling=SamplingParams(max_tokens=6),
+        )
         for i in range(4)
     ]
     mixed = [r for pair in zip(short, long) for r in pair]
@@ -166,7 +173,9 @@ def test_admission_groups_alike_uncached_tails(tiny_models):
         b.add(r)
     got = {res.id: res for res in b.step()}
     first = sorted(s.req.id for s in b.running)
-    assert len(first) >= 2 and first == sorted(r.id for r in short[: len(first)])  # no long one, though queued second
+    assert len(first) >= 2 and first == sorted(
+        r.id for r in short[: len(first)]
+    )  # no long one, though queued second
     while b.has_work:
         for res in b.step():
             got[res.id] = res
@@ -257,7 +266,9 @@ def test_batched_sampling_matches_row_by_row():
     logits[2, :40] = -np.inf  # a constrained row
     params = [
         SamplingParams(temperature=t, top_k=k, top_p=p, seed=i)
-        for i, (t, k, p) in enumerate([(0, 0, 1), (0.8, 0, 1), (0, 0, 1), (1.2, 5, 1), (0.7, 0, 0.9), (0, 0, 1)])
+        for i, (t, k, p) in enumerate(
+            [(0, 0, 1), (0.8, 0, 1), (0, 0, 1), (1.2, 5, 1), (0.7, 0, 0.9), (0, 0, 1)]
+        )
     ]
     batched = sample_tokens(logits, params, [request_rng(p) for p in params])
     single = [sample_token(logits[b], p, request_rng(p)) for b, p in enumerate(params)]

@@ -131,7 +131,9 @@ def test_worker_cache_policy_is_configurable(tiny_models):
 
     model = str(tiny_models["qwen3"])
     assert isinstance(build_batcher(WorkerConfig(model, threads=1)).cache.policy, LFUPolicy)
-    assert isinstance(build_batcher(WorkerConfig(model, threads=1, cache_policy="lru")).cache.policy, LRUPolicy)
+    assert isinstance(
+        build_batcher(WorkerConfig(model, threads=1, cache_policy="lru")).cache.policy, LRUPolicy
+    )
     with pytest.raises(ValueError, match="cache_policy"):
         build_batcher(WorkerConfig(model, threads=1, cache_policy="fifo"))
 

@@ -102,7 +102,9 @@ def test_run_village_thinks_with_the_shipped_student_by_default(ray_session, tmp
 
     monkeypatch.setenv("SDL_VIDEODRIVER", "dummy")
     out = tmp_path / "run"
-    assert main(["run", "village", "--ticks", "3", "--headless", "--out", str(out), "--worker-cpus", "0.5"]) == 0
+    assert (
+        main(["run", "village", "--ticks", "3", "--headless", "--out", str(out), "--worker-cpus", "0.5"]) == 0
+    )
     summary = json.loads((out / "summary.json").read_text())
     assert summary["brain"] == "ModelBrain" and summary["model"] == STUDENT
     assert summary["decisions"] == 36 and summary["fallbacks"] == 0

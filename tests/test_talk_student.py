@@ -48,7 +48,9 @@ def test_build_talk_model_exports_a_carded_model_the_runtime_serves(tiny_models,
     assert art.name == TALK_MODEL and card == r["card"] and card["task"] == "talk"
     assert card["heldout"]["heldout_persona"]["loss"] > 0 and card["built"]["steps"] == 4
     gen = card["heldout"]["heldout_persona"]["generation"]
-    assert set(gen) == {"student", "student_no_repeat_3", "teacher"} and 0 <= gen["student"]["repetitive"] <= 1
+    assert (
+        set(gen) == {"student", "student_no_repeat_3", "teacher"} and 0 <= gen["student"]["repetitive"] <= 1
+    )
     # The teacher is not asked again for the same conversations.
     again = build_talk_model(
         tmp_path, teacher=str(tiny_models["llama"]), spec=SPEC, steps=4, preset="tiny", progress=False
