@@ -19,9 +19,12 @@ models, dicts, JSON text, or samples of ``action_space(agent)``. Every action is
 refused one comes back as a reason in the agent's next observation. Words carry no power:
 nothing moves goods but the agent's own actions.
 
-**Observations.** Compact text (``worlds.village.observation``): tick and day/night, position and
-place, needs, coins, inventory, the outcome of the last action, a refusal reason, agents within 3
-tiles (name, role, distance), utterances heard and trade offers received last tick.
+**Observations.** Compact text (``worlds.village.observation``, about 40 tokens): day or night and
+the place, the needs as this persona feels them (``feel``: hungry, tired, lonely, laden, ...), coins
+and goods carried, the outcome of the last action, a refusal reason, agents within 3 tiles (name and
+role), utterances heard and trade offers received last tick, each with this persona's verdict
+(good or bad). The needs' numbers, the tick and the position stay out of the text. The persona's
+prompt segment ends with its ``Ways`` (``Village.persona_text``): its trade terms and habits.
 
 **Score.** Per agent, well-being in 0..1: 0.3 fed (1 - hunger) + 0.25 rested (energy) + 0.25 wealth
 (coins plus goods at sell prices, full at 60) + 0.2 social (1 - social need). Rewards are its
@@ -29,7 +32,8 @@ change per tick; ``infos[agent]`` carries ``score`` and ``world_score`` (the mea
 
 **Expert.** ``worlds.village.expert.expert_action(persona, observation_text)``: a per-role rule
 policy shaped by the traits (a greedy merchant offers less, a cautious fisher stays off the river
-at night), reading only what the prompt shows.
+at night), reading only what the prompt shows, in words: the feel line, the offers' verdicts and the
+persona's Ways.
 
 **Cast.** :func:`~worlds.village.cast.default_cast` (12 villagers),
 :func:`~worlds.village.cast.generate_personas` (N seeded ones), :func:`~worlds.village.cast.village_cast`
