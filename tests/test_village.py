@@ -38,6 +38,7 @@ from worlds.village.observation import (
     appraise,
     feelings,
     laden_at,
+    ways,
 )
 from worlds.village.rules import DAY_LENGTH
 
@@ -415,3 +416,30 @@ def test_ten_thousand_agents():
     while world.agents:
         obs, *_ = world.step(brain.decide(obs))
     assert brain.stats == {"decisions": 20_000, "fallbacks": 0}
+
+
+@pytest.mark.parametrize(
+    ("role", "traits", "text"),
+    [
+        ("farmer", {"greed": 0.8, "caution": 0.5, "curiosity": 0.6},
+         "Ways: you offer merchants 4 wheat for 12 coins; you shun the river at night; idle, you wander."),
+        ("fisher", {"greed": 0.2, "caution": 0.2, "curiosity": 0.2},
+         "Ways: you offer merchants 4 fish for 12 coins; idle, you wait."),
+        ("woodcutter", {"greed": 0.7, "caution": 0.1, "curiosity": 0.9},
+         "Ways: you offer merchants 4 wood for 16 coins; idle, you wander."),
+        ("merchant", {"greed": 0.2, "caution": 0.9, "curiosity": 0.5},
+         "Ways: you offer producers 6 coins for 3 wheat, 9 coins for 3 fish, 9 coins for 3 wood;"
+         " you shun the river at night; idle, you wait."),
+        ("merchant", {"greed": 0.6, "caution": 0.0, "curiosity": 0.6},
+         "Ways: you offer producers 3 coins for 3 wheat, 6 coins for 3 fish, 6 coins for 3 wood; idle, you wander."),
+        ("innkeeper", {"greed": 0.5, "caution": 0.5, "curiosity": 0.7},
+         "Ways: you sell a meal for 5 coins; you shun the river at night; idle, you wait."),
+        ("innkeeper", {"greed": 1.0, "caution": 0.2, "curiosity": 0.8},
+         "Ways: you sell a meal for 6 coins; idle, you wander."),
+    ],
+)  # fmt: skip
+def test_ways_state_the_personas_terms_and_habits(role, traits, text):
+    p = VillagePersona(name="Alda", role=role, traits=traits)
+    assert ways(role, p.traits) == text
+    world = Village([p, VillagePersona(name="Bram", role="merchant")])
+    assert world.persona_text("Alda") == p.describe() + "\n" + text
