@@ -163,7 +163,7 @@ WORLD_ONLY = {"tick": None, "x": None, "y": None, "hunger": None, "energy": None
 def test_observation_text_round_trips():
     obs = VillageObs(
         night=True, area="river", coins=7, feel=("hungry", "tired", "laden"), inventory=(("fish", 2), ("meal", 1)),
-        last="gathered 1 fish", refused='eat: "wood" is not food',
+        last="gathered 1 fish", spare=("fish", 2), refused='eat: "wood" is not food',
         near=(Neighbor("Bram", "merchant", 1), Neighbor("Cora", "farmer", 3)), heard=(("Bram", 'say "hi", \\ ok'),),
         offers=(Offer("Bram", "coins", 3, "fish", 1, good=True), Offer("Cora", "wheat", 2, "coins", 9)),
         tick=40, x=3, y=4, hunger=0.5, energy=0.25, social=0.0,
@@ -174,6 +174,7 @@ def test_observation_text_round_trips():
         "feel hungry, tired, laden",
         "carry 7 coins, fish 2, meal 1",
         "last gathered 1 fish",
+        "spare 2 fish",
         'refused "eat: \\"wood\\" is not food"',
         "near Bram merchant, Cora farmer",
         'heard Bram "say \\"hi\\", \\\\ ok"',
@@ -195,6 +196,7 @@ def test_observation_text_round_trips():
         "day at fields\nfeel fine\ncarry 0 coins",
         head + "offer Bram gives 1 fish for 2 coins",
         head + "tick 40",
+        head + "spare fish 2",
     ):
         with pytest.raises(ValueError, match="not a village observation"):
             VillageObs.from_text(bad)
@@ -428,10 +430,11 @@ def test_ten_thousand_agents():
         ("woodcutter", {"greed": 0.7, "caution": 0.1, "curiosity": 0.9},
          "Ways: you offer merchants 4 wood for 16 coins; idle, you wander."),
         ("merchant", {"greed": 0.2, "caution": 0.9, "curiosity": 0.5},
-         "Ways: you offer producers 6 coins for 3 wheat, 9 coins for 3 fish, 9 coins for 3 wood;"
+         "Ways: you offer farmers 6 coins for 3 wheat, fishers 9 coins for 3 fish, woodcutters 9 coins for 3 wood;"
          " you shun the river at night; idle, you wait."),
         ("merchant", {"greed": 0.6, "caution": 0.0, "curiosity": 0.6},
-         "Ways: you offer producers 3 coins for 3 wheat, 6 coins for 3 fish, 6 coins for 3 wood; idle, you wander."),
+         "Ways: you offer farmers 3 coins for 3 wheat, fishers 6 coins for 3 fish, woodcutters 6 coins for 3 wood;"
+         " idle, you wander."),
         ("innkeeper", {"greed": 0.5, "caution": 0.5, "curiosity": 0.7},
          "Ways: you sell a meal for 5 coins; you shun the river at night; idle, you wait."),
         ("innkeeper", {"greed": 1.0, "caution": 0.2, "curiosity": 0.8},

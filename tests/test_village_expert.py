@@ -37,6 +37,7 @@ from worlds.village.observation import (
     accept_margin,
     appraise,
     feelings,
+    for_sale,
     hungry_at,
     laden_at,
     lonely_at,
@@ -72,8 +73,8 @@ def run_expert(world: Village, obs: dict, ticks: int) -> dict:
 
 def obs_at(persona: VillagePersona | None = None, hunger=0.2, energy=0.8, social=0.2, **kw) -> VillageObs:
     """An observation at the fields by day with 20 coins. Given a persona, it is worded as the world
-    words it for that persona (``Village.observe``): ``feel`` from the needs and holdings, and each
-    offer's verdict."""
+    words it for that persona (``Village.observe``): ``feel`` from the needs and holdings, each
+    offer's verdict, and at the market what its habits would sell (``spare``)."""
     base = {"night": False, "area": "fields", "coins": 20}
     obs = VillageObs(**{**base, **kw, "hunger": hunger, "energy": energy, "social": social})
     if persona is None:
@@ -85,6 +86,7 @@ def obs_at(persona: VillagePersona | None = None, hunger=0.2, energy=0.8, social
     return replace(
         obs,
         feel=feel,
+        spare=for_sale(persona.role, holdings) if obs.area == "market" else None,
         offers=tuple(replace(o, good=appraise(o, wallet, persona.role, t, hungry)) for o in obs.offers),
     )
 
@@ -239,8 +241,8 @@ def test_expert_innkeepers_sell_meals_at_their_price_and_cook():
 def test_expert_sells_at_most_the_market_limit():
     # An innkeeper can pile up more meals than one sale may carry (found when a student drove).
     inn = VillagePersona(name="Katrin", role="innkeeper")
-    assert expert_action(inn, obs_at(area="market", inventory=(("meal", 14),))) == Sell(item="meal", qty=10)
-    assert expert_action(inn, obs_at(area="market", inventory=(("meal", 7),))) == Sell(item="meal", qty=5)
+    assert expert_action(inn, obs_at(inn, area="market", inventory=(("meal", 14),))) == Sell(item="meal", qty=10)
+    assert expert_action(inn, obs_at(inn, area="market", inventory=(("meal", 7),))) == Sell(item="meal", qty=5)
 
 
 def test_expert_needs():
@@ -426,14 +428,14 @@ def test_expert_trades_on_the_terms_its_ways_state():
             item = R.SPECIALIST[role]
             near = (Neighbor("Harlan", "merchant"),)
             offer = ROLE_POLICY[role](
-                obs_at(area="market", inventory=((item, 12),), near=near), role, p.traits
+                obs_at(p, area="market", inventory=((item, 12),), near=near), role, p.traits
             )
             assert f"you offer merchants {offer.give_qty} {offer.give} for {offer.get_qty} coins" in line
         elif role == "merchant":
             for other in producers:
                 obs = obs_at(area="market", near=(Neighbor("Alda", other),))
                 offer = ROLE_POLICY[role](obs, role, p.traits)
-                assert f"{offer.give_qty} coins for {offer.get_qty} {offer.get}" in line
+                assert f"{other}s {offer.give_qty} coins for {offer.get_qty} {offer.get}" in line
         else:
             obs = obs_at(area="tavern", inventory=(("meal", 1),), near=(Neighbor("Alda", "farmer"),))
             assert f"you sell a meal for {ROLE_POLICY[role](obs, role, p.traits).get_qty} coins" in line
@@ -453,6 +455,28 @@ def test_expert_reads_words_not_numbers():
         words, feel=(), hunger=0.95, energy=0.05, social=1.0, near=(Neighbor("Bram", "merchant", 1),)
     )
     assert expert_action(p, numbers) == Gather()
+
+
+def test_spare_says_what_each_role_sells_at_the_market():
+    # producers: their produce less the food they keep; merchants: their largest stock (ties: the
+    # later item name); innkeepers: meals past two, once they have six
+    assert for_sale("farmer", {"wheat": 9, "fish": 4}) == ("wheat", 7)
+    assert for_sale("fisher", {"fish": 2}) is None and for_sale("woodcutter", {"wood": 2}) == ("wood", 2)
+    assert for_sale("merchant", {"wheat": 3, "fish": 5, "wood": 5, "meal": 9}) == ("wood", 5)
+    assert for_sale("merchant", {"meal": 2}) is None
+    assert (for_sale("innkeeper", {"meal": 5}), for_sale("innkeeper", {"meal": 8})) == (None, ("meal", 6))
+    # the world states it at the market only, and the expert sells what it states (capped per sale)
+    alda = VillagePersona(name="Alda", role="farmer")
+    world = Village([alda, VillagePersona(name="Bram", role="merchant")])
+    world.reset(seed=0)
+    world._v["Alda"].inventory["wheat"] = 14
+    assert world.observe("Alda").spare is None
+    world._v["Alda"].x, world._v["Alda"].y = MARKET
+    assert world.observe("Alda").spare == ("wheat", 12)
+    words = VillageObs(night=False, area="market", coins=5, inventory=(("wheat", 1),), spare=("wheat", 3))
+    assert expert_action(alda, words) == Sell(item="wheat", qty=3)
+    assert expert_action(alda, replace(words, spare=("wheat", 30))) == Sell(item="wheat", qty=R.MAX_QTY)
+    assert expert_action(alda, replace(words, spare=None)) == GoTo(place="fields")
 
 
 def test_expert_reads_only_the_observation_text():

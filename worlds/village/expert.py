@@ -4,7 +4,7 @@ It is the yardstick for models and the source of their training data, so it must
 it decides only from what the agent's prompt contains, deterministically. It reads the
 observation text (parsed back) and the persona's traits only through what the prompt states in
 words: the ``feel`` line (needs past this persona's thresholds, and ``laden``), each offer's
-``good``/``bad`` verdict, and the persona segment's ``Ways`` line (trade terms and habits, see
+``good``/``bad`` verdict, the ``spare`` line at the market (what to sell, how many), and the persona segment's ``Ways`` line (trade terms and habits, see
 :func:`worlds.village.observation.ways`). It never reads world state.
 
 Priorities, first match wins: sleep if exhausted; eat when hungry and holding food; take a good
@@ -44,7 +44,6 @@ from worlds.village.observation import (
     merchant_pays,
     producer_ask,
     shuns_river_at_night,
-    spare,
     wanders,
 )
 
@@ -110,17 +109,29 @@ def _wander(obs: VillageObs, role: str, t: Traits) -> BaseModel:
     return Move(direction=R.DIRECTIONS[0])
 
 
+def _selling(obs: VillageObs, item: str | None = None) -> int:
+    """How much of ``item`` (any, when None) the ``spare`` line offers for sale (0 away from the market)."""
+    if obs.spare is None or (item is not None and obs.spare[0] != item):
+        return 0
+    return obs.spare[1]
+
+
+def _sell_spare(obs: VillageObs) -> Sell:
+    assert obs.spare is not None
+    return Sell(item=obs.spare[0], qty=min(R.MAX_QTY, obs.spare[1]))
+
+
 def _producer(obs: VillageObs, role: str, t: Traits) -> BaseModel:
     item, place = PRODUCE[role]
-    surplus = spare(role, item, obs.has(item))
-    if obs.area == "market" and surplus > 0:
+    surplus = _selling(obs, item)
+    if surplus > 0:
         # First offer a merchant a lot at a little over the market's price; if that offer was not
         # taken (or there is less than a lot), sell to the market.
         merchant = next((n for n in obs.near if n.role == "merchant"), None)
         if merchant is not None and surplus >= LOT and not obs.last.startswith("offered"):
             ask = producer_ask(item, t)
             return Trade(to=merchant.name, give=item, give_qty=LOT, get="coins", get_qty=LOT * ask)
-        return Sell(item=item, qty=min(R.MAX_QTY, surplus))
+        return _sell_spare(obs)
     if obs.feels("laden"):
         return GoTo(place="market")
     if place == "river" and obs.night and shuns_river_at_night(t):
@@ -144,9 +155,8 @@ def _merchant(obs: VillageObs, role: str, t: Traits) -> BaseModel:
             if item is not None and obs.coins >= MERCHANT_LOT * merchant_pays(item, t):
                 price = MERCHANT_LOT * merchant_pays(item, t)
                 return Trade(to=n.name, give="coins", give_qty=price, get=item, get_qty=MERCHANT_LOT)
-    if stock:
-        qty, item = max(stock)
-        return Sell(item=item, qty=min(R.MAX_QTY, qty))
+    if _selling(obs):
+        return _sell_spare(obs)
     return _wander(obs, role, t)
 
 
@@ -157,8 +167,10 @@ def _innkeeper(obs: VillageObs, role: str, t: Traits) -> BaseModel:
         guest = next((n for n in obs.near if n.role != "innkeeper"), None)
         if guest is not None:
             return Trade(to=guest.name, give="meal", give_qty=1, get="coins", get_qty=meal_price(t))
-    if meals >= 6:  # more than guests will buy: the market takes the rest
-        return Sell(item="meal", qty=min(R.MAX_QTY, meals - 2)) if obs.area == "market" else GoTo(place="market")
+    if _selling(obs, "meal"):  # more than guests will buy (six or more): the market takes the rest
+        return _sell_spare(obs)
+    if meals >= 6:
+        return GoTo(place="market")
     if not lacking:
         return Cook() if obs.area == "tavern" else GoTo(place="tavern")
     if obs.coins >= R.BUY_PRICE[lacking[0]]:

@@ -8,15 +8,18 @@ the persona's traits make of the numbers, so a model need not do trait arithmeti
 
 - ``feel`` names the needs past the thresholds this agent's persona sets (:func:`feelings`), and
   ``laden`` when a producer carries enough to be worth a trip to the market (:func:`laden_at`);
-- each offer ends with this agent's verdict on it, ``good`` or ``bad`` (:func:`appraise`).
+- each offer ends with this agent's verdict on it, ``good`` or ``bad`` (:func:`appraise`);
+- at the market, ``spare`` says what this agent's habits would sell there (:func:`for_sale`), so
+  neither the choice to sell nor the quantity takes arithmetic.
 
 The needs themselves (0-1 numbers) stay in :class:`VillageObs` for the world, the renderer and
 the inspector, but are not in the text. Example::
 
-    day at fields
+    day at market
     feel hungry, lonely, laden
-    carry 12 coins, wheat 3, fish 1
-    last gathered 2 wheat
+    carry 12 coins, wheat 9, fish 1
+    last go_to market, arrived
+    spare 7 wheat
     refused "eat: you have no meal"
     near Bram merchant, Cora farmer
     heard Bram "fresh fish here"
@@ -76,6 +79,21 @@ def spare(role: str, item: str, held: int) -> int:
     """Units of ``item`` a ``role`` can part with: producers keep some of their own food to eat."""
     keep = KEEP_FOOD if PRODUCE.get(role, ("",))[0] == item and item in R.FOOD else 0
     return max(0, held - keep)
+
+
+def for_sale(role: str, holdings: dict[str, int]) -> tuple[str, int] | None:
+    """What this ``role``'s habits would sell at the market from ``holdings``, as ``(item, qty)``:
+    a producer its :func:`spare` produce, a merchant its largest stock (goods it bought), an
+    innkeeper the meals past two once it has six; ``None`` when nothing."""
+    if role in R.SPECIALIST:
+        item = R.SPECIALIST[role]
+        qty = spare(role, item, holdings.get(item, 0))
+        return (item, qty) if qty > 0 else None
+    if role == "merchant":
+        stock = [(n, i) for i in R.ITEMS if i != "meal" and (n := holdings.get(i, 0)) > 0]
+        return max(stock)[::-1] if stock else None
+    meals = holdings.get("meal", 0)
+    return ("meal", meals - 2) if role == "innkeeper" and meals >= 6 else None
 
 
 def feelings(
@@ -157,9 +175,10 @@ def ways(role: str, traits: dict[str, float]) -> str:
         parts.append(f"you offer merchants {LOT} {item} for {LOT * producer_ask(item, traits)} coins")
     elif role == "merchant":
         offers = ", ".join(
-            f"{MERCHANT_LOT * merchant_pays(i, traits)} coins for {MERCHANT_LOT} {i}" for i in R.SPECIALIST.values()
+            f"{r}s {MERCHANT_LOT * merchant_pays(i, traits)} coins for {MERCHANT_LOT} {i}"
+            for r, i in R.SPECIALIST.items()
         )
-        parts.append(f"you offer producers {offers}")
+        parts.append(f"you offer {offers}")
     elif role == "innkeeper":
         parts.append(f"you sell a meal for {meal_price(traits)} coins")
     if shuns_river_at_night(traits):
@@ -231,6 +250,7 @@ class VillageObs:
     feel: tuple[str, ...] = ()
     inventory: tuple[tuple[str, int], ...] = ()
     last: str = "nothing yet"
+    spare: tuple[str, int] | None = None
     refused: str | None = None
     near: tuple[Neighbor, ...] = ()
     heard: tuple[tuple[str, str], ...] = ()
@@ -288,6 +308,8 @@ class VillageObs:
             f"carry {self.coins} coins{goods}",
             f"last {self.last}",
         ]
+        if self.spare is not None:
+            lines.append(f"spare {self.spare[1]} {self.spare[0]}")
         if self.refused is not None:
             lines.append("refused " + json.dumps(self.refused))
         if self.near:
@@ -322,7 +344,10 @@ class VillageObs:
             offers: list[Offer] = []
             for line in lines[4:]:
                 key, _, rest = line.partition(" ")
-                if key == "refused":
+                if key == "spare":
+                    qty, item = rest.split(" ")
+                    fields["spare"] = (item, int(qty))
+                elif key == "refused":
                     fields["refused"] = json.loads(rest)
                 elif key == "near":
                     for part in rest.split(", "):

@@ -86,7 +86,8 @@ def _price_list(prices: dict[str, int]) -> str:
 RULES_TEXT = f"""\
 Village, 48x48 tiles; a day is {DAY_LENGTH} ticks, the last {DAY_LENGTH - NIGHT_START} of them night. "feel" names your needs past
 your own limits: hungry or starving; exhausted, tired, sleepy or rested; lonely; laden when you carry enough of your
-produce to sell. Each offer to you ends good or bad by your own terms. Score: fed, rested, wealthy, social.
+produce to sell. Each offer to you ends good or bad by your own terms. At the market, "spare" is what you would
+sell there. Score: fed, rested, wealthy, social.
 One JSON action a tick:
 move {"|".join(DIRECTIONS)}; go_to {"|".join(PLACES)} ({GO_TO_SPEED} tiles);
 gather: {", ".join(f"{p} {i}" for p, i in GATHER.items())} (slippery at night);\

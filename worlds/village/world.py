@@ -28,7 +28,7 @@ from worlds.village.map import (
     chebyshev,
     path_step,
 )
-from worlds.village.observation import Neighbor, Offer, VillageObs, appraise, feelings, ways
+from worlds.village.observation import Neighbor, Offer, VillageObs, appraise, feelings, for_sale, ways
 
 START_BOX = (6, 8, 27, 15)
 """x0, y0, x1, y1 (inclusive) of the area agents wake up in on reset."""
@@ -368,13 +368,15 @@ class Village(World):
         feel = feelings(hunger, energy, social, night, persona.traits, role=persona.role, holdings=holdings)
         hungry = "hungry" in feel or "starving" in feel
         wallet = {**holdings, "coins": v.coins}
+        area = area_at(v.x, v.y)
         return VillageObs(
             night=night,
-            area=area_at(v.x, v.y),
+            area=area,
             coins=v.coins,
             feel=feel,
             inventory=tuple(holdings.items()),
             last=v.last,
+            spare=for_sale(persona.role, holdings) if area == "market" else None,
             refused=self.refusal(agent),
             near=tuple(
                 Neighbor(name, self.persona(name).role, d)
