@@ -4,7 +4,8 @@ It is the yardstick for models and the source of their training data, so it must
 it decides only from what the agent's prompt contains, deterministically. It reads the
 observation text (parsed back) and the persona's traits only through what the prompt states in
 words: the ``feel`` line (needs past this persona's thresholds, and ``laden``), each offer's
-``good``/``bad`` verdict, the ``spare`` line at the market (what to sell, how many), and the persona segment's ``Ways`` line (trade terms and habits, see
+``good``/``bad`` verdict, the ``spare`` line at the market (what to sell, how many), and the
+persona segment's ``Ways`` line (trade terms and habits, see
 :func:`worlds.village.observation.ways`). It never reads world state.
 
 Priorities, first match wins: sleep if exhausted; eat when hungry and holding food; take a good
