@@ -32,11 +32,13 @@ from worlds.village import (
     village_cast,
 )
 from worlds.village import map as vmap
+from worlds.village import rules as R
 from worlds.village.observation import (
     Neighbor,
     Offer,
     appraise,
     feelings,
+    for_sale,
     laden_at,
     ways,
 )
@@ -446,3 +448,25 @@ def test_ways_state_the_personas_terms_and_habits(role, traits, text):
     assert ways(role, p.traits) == text
     world = Village([p, VillagePersona(name="Bram", role="merchant")])
     assert world.persona_text("Alda") == p.describe() + "\n" + text
+
+
+def test_spare_says_what_each_role_sells_at_the_market():
+    # producers: their produce less the food they keep; merchants: their largest stock (ties: the
+    # later item name); innkeepers: meals past two, once they have six
+    assert for_sale("farmer", {"wheat": 9, "fish": 4}) == ("wheat", 7)
+    assert for_sale("fisher", {"fish": 2}) is None and for_sale("woodcutter", {"wood": 2}) == ("wood", 2)
+    assert for_sale("merchant", {"wheat": 3, "fish": 5, "wood": 5, "meal": 9}) == ("wood", 5)
+    assert for_sale("merchant", {"meal": 2}) is None
+    assert (for_sale("innkeeper", {"meal": 5}), for_sale("innkeeper", {"meal": 8})) == (None, ("meal", 6))
+    # the world states it at the market only, and the expert sells what it states (capped per sale)
+    alda = VillagePersona(name="Alda", role="farmer")
+    world = Village([alda, VillagePersona(name="Bram", role="merchant")])
+    world.reset(seed=0)
+    set_villager(world, "Alda", wheat=14)
+    assert world.observe("Alda").spare is None
+    set_villager(world, "Alda", x=MARKET[0], y=MARKET[1])
+    assert world.observe("Alda").spare == ("wheat", 12)
+    words = VillageObs(night=False, area="market", coins=5, inventory=(("wheat", 1),), spare=("wheat", 3))
+    assert expert_action(alda, words) == Sell(item="wheat", qty=3)
+    assert expert_action(alda, replace(words, spare=("wheat", 30))) == Sell(item="wheat", qty=R.MAX_QTY)
+    assert expert_action(alda, replace(words, spare=None)) == GoTo(place="fields")
