@@ -189,6 +189,7 @@ def cmd_bench_village(args: argparse.Namespace) -> int:
         hf_sample=4 if args.quick else args.hf_sample,
         workers=args.workers,
         threads=args.threads,
+        cache_mb=args.cache_mb,
     )
     run_village_bench(cfg, args.json, args.plot, console=console)
     return 0
@@ -326,6 +327,9 @@ def build_parser() -> argparse.ArgumentParser:
     village.add_argument("--hf-sample", type=int, default=16, help="agents timed for per_agent_hf")
     village.add_argument("--workers", type=int, default=1)
     village.add_argument("--threads", type=int, default=0)
+    village.add_argument(
+        "--cache-mb", type=int, default=1024, help="radix-cache budget per worker, MiB (default 1024)"
+    )
     village.add_argument("--quick", action="store_true", help="10 and 50 agents, one tick (smoke test)")
     village.add_argument("--json", default=None)
     village.add_argument("--plot", default=None, help="write a PNG plot here")

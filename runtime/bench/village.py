@@ -37,6 +37,7 @@ class VillageBenchConfig:
     hf_sample: int = 16  # per-agent transformers calls timed (it is slow; the rate extrapolates)
     workers: int = 1
     threads: int = 0
+    cache_mb: int = 1024  # radix-cache budget per worker
     seed: int = 0
     cascade_threshold: float = 0.9
 
@@ -51,7 +52,7 @@ def _scheduler(models: list[tuple[str, Path]], cache: bool, cfg: VillageBenchCon
                 str(path),
                 name=name,
                 threads=cfg.threads,
-                cache_bytes=(1 << 30) if cache else 0,
+                cache_bytes=(cfg.cache_mb << 20) if cache else 0,
                 max_batch_size=256,
             ),
             replicas=cfg.workers,
