@@ -2,18 +2,31 @@
 
 The runtime's view of the same question (constrained decoding through ONNX Runtime) is
 ``exports.card``; this one measures the model alone, as training sees it.
+
+``python -m exports.evaluate --data act.jsonl --split heldout_persona HF_DIR [HF_DIR ...]`` splits
+the held-out loss into the tokens of partner names (``to``, ``offer_from``: on unseen personas,
+names never seen in training, which a model must copy from the observation) and the rest.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from exports.dataset import ActExample, ActionScore, encode_split, seeded_sample
+from exports.dataset import (
+    ActExample,
+    ActionScore,
+    encode_split,
+    load_dataset,
+    runtime_tokenizer,
+    seeded_sample,
+)
 from exports.tokenizer import EOS as EOS_TOKEN
 from exports.tokenizer import PAD as PAD_TOKEN
 from exports.train import _device_of, make_batch, prefix_cache, target_logits
@@ -114,3 +127,77 @@ def evaluate(
         for i, gen in zip(idx, greedy_decode(model, enc.prefix, prompts, eos_id, pad_id)):
             score.add(enc.examples[i], tok.decode(gen))
     return {**score.summary(), "loss": nll / max(n_tok, 1)}
+
+
+NAME_VALUE = re.compile(r'"(?:to|offer_from)": "([^"]*)"')
+"""A partner name in an action's JSON (the value's characters are group 1)."""
+
+
+def name_tokens(tok: Any, target: list[int]) -> list[bool]:
+    """For each id of ``target`` (an action's JSON, then EOS), whether it spells part of a partner name.
+
+    A token counts when any character it decodes to lies inside a ``to``/``offer_from`` value.
+    """
+    text = tok.decode(target)
+    spans = [m.span(1) for m in NAME_VALUE.finditer(text)]
+    out, start = [], 0
+    for j in range(len(target)):
+        end = len(tok.decode(target[: j + 1]))
+        out.append(any(lo < end and start < hi for lo, hi in spans))
+        start = end
+    return out
+
+
+@torch.no_grad()
+def loss_by_field(
+    model: Any, tok: Any, examples: Sequence[ActExample], *, batch_size: int = 32
+) -> dict[str, Any]:
+    """Held-out loss split into partner-name tokens and the rest.
+
+    Returns ``{"all" | "names" | "rest": {"loss": mean cross-entropy per token, "tokens": n}}``.
+    """
+    model.eval()
+    eos_id, pad_id = tok.token_to_id(EOS_TOKEN), tok.token_to_id(PAD_TOKEN)
+    enc = encode_split(tok, examples, eos_id)
+    sums = {"names": [0.0, 0], "rest": [0.0, 0]}
+    for lo in range(0, len(examples), batch_size):
+        idx = list(range(lo, min(lo + batch_size, len(examples))))
+        batch = make_batch(enc, idx, pad_id)
+        logits, _ = target_logits(model, enc.prefix, batch)
+        nll = F.cross_entropy(logits, batch["labels"].to(logits.device), reduction="none").tolist()
+        flags = [f for i in idx for f in name_tokens(tok, enc.suffix[i][enc.n_prompt[i] :])]
+        for v, is_name in zip(nll, flags, strict=True):
+            acc = sums["names" if is_name else "rest"]
+            acc[0] += v
+            acc[1] += 1
+    total = [sums["names"][0] + sums["rest"][0], sums["names"][1] + sums["rest"][1]]
+    return {k: {"loss": a / max(n, 1), "tokens": n} for k, (a, n) in {"all": total, **sums}.items()}
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m exports.evaluate --data act.jsonl [--split S] [--limit N] HF_DIR ...``: held-out
+    loss of each model, split into partner-name tokens and the rest."""
+    import argparse
+
+    from transformers import AutoModelForCausalLM
+
+    p = argparse.ArgumentParser(description=main.__doc__)
+    p.add_argument("models", nargs="+", type=Path, help="trained model directories (transformers format)")
+    p.add_argument("--data", required=True, type=Path, help="the act dataset (JSONL)")
+    p.add_argument("--split", default="heldout_persona", choices=["heldout_seed", "heldout_persona"])
+    p.add_argument("--limit", type=int, default=600, help="a seeded sample of this many examples (0: all)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    examples = seeded_sample(load_dataset(args.data)[args.split], args.limit)
+    print(f"{args.split}, {len(examples)} examples: loss per token (tokens)")
+    for path in args.models:
+        tok, _, _ = runtime_tokenizer(path)
+        r = loss_by_field(AutoModelForCausalLM.from_pretrained(path), tok, examples)
+        parts = "  ".join(f"{k} {v['loss']:.4f} ({v['tokens']})" for k, v in r.items())
+        print(f"{path}: {parts}")
+
+
+if __name__ == "__main__":
+    main()

@@ -24,7 +24,7 @@ from exports.dataset import (  # noqa: E402
     save_dataset,
 )
 from exports.distill import distill_loss  # noqa: E402
-from exports.evaluate import greedy_decode  # noqa: E402
+from exports.evaluate import evaluate, greedy_decode, loss_by_field, name_tokens  # noqa: E402
 from exports.presets import PRESETS, ModelArgs  # noqa: E402
 from exports.train import (  # noqa: E402
     TrainConfig,
@@ -142,6 +142,29 @@ def test_shared_prefix_forward_and_decode_match_plain_transformers(data, tok_dir
         ids = torch.tensor([enc.prefix + p])
         ref = model.generate(ids, max_new_tokens=6, do_sample=False, pad_token_id=pad, eos_token_id=eos)
         assert got == ref[0, ids.shape[1] :].tolist()
+
+
+def test_heldout_loss_splits_into_partner_names_and_the_rest(data, tok_dir):
+    torch.set_num_threads(1)
+    tok, eos, _ = runtime_tokenizer(tok_dir)
+    has_name = lambda ex: '"to": "' in ex.target or '"offer_from": "' in ex.target  # noqa: E731
+    named = [ex for ex in data["heldout_persona"] if has_name(ex)][:4]
+    plain = [ex for ex in data["heldout_persona"] if not has_name(ex)][:4]
+    assert len(named) == len(plain) == 4
+    enc = encode_split(tok, named + plain, eos)
+    for ex, suffix, n in zip(enc.examples, enc.suffix, enc.n_prompt):
+        target = suffix[n:]
+        flags = name_tokens(tok, target)
+        spelled = tok.decode([t for t, f in zip(target, flags) if f])
+        partner = json.loads(ex.target).get("to") or json.loads(ex.target).get("offer_from")
+        assert (partner in spelled) if has_name(ex) else not any(flags)
+    model = build_model(ModelArgs.from_name("tiny"), tok_dir, seed=0)
+    split = loss_by_field(model, tok, named + plain, batch_size=3)
+    assert (
+        split["names"]["tokens"] > 0
+        and split["all"]["tokens"] == split["names"]["tokens"] + split["rest"]["tokens"]
+    )
+    assert split["all"]["loss"] == pytest.approx(evaluate(model, tok, named + plain)["loss"], rel=1e-5)
 
 
 @pytest.mark.parametrize("preset", ["tiny", "tiny-moe"])
