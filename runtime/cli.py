@@ -328,7 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
     village.add_argument("--workers", type=int, default=1)
     village.add_argument("--threads", type=int, default=0)
     village.add_argument(
-        "--cache-mb", type=int, default=1024, help="radix-cache budget per worker, MiB (default 1024)"
+        "--cache-mb", type=int, default=768, help="radix-cache budget per worker, MiB (default 768)"
     )
     village.add_argument("--quick", action="store_true", help="10 and 50 agents, one tick (smoke test)")
     village.add_argument("--json", default=None)
