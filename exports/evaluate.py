@@ -32,6 +32,13 @@ from exports.tokenizer import PAD as PAD_TOKEN
 from exports.train import _device_of, make_batch, prefix_cache, target_logits
 
 
+def _target_nll(model: Any, enc: Any, idx: list[int], pad_id: int) -> torch.Tensor:
+    """Cross-entropy of every target token of examples ``idx`` of ``enc``, in order (N,)."""
+    batch = make_batch(enc, idx, pad_id)
+    logits, _ = target_logits(model, enc.prefix, batch)
+    return F.cross_entropy(logits, batch["labels"].to(logits.device), reduction="none")
+
+
 @torch.no_grad()
 def greedy_decode(
     model: Any, prefix: list[int], prompts: Sequence[list[int]], eos_id: int, pad_id: int, max_new: int = 64
@@ -119,10 +126,9 @@ def evaluate(
     score = ActionScore(union, max_mistakes=20)
     for lo in tqdm(range(0, len(examples), batch_size), desc="eval", disable=not progress):
         idx = list(range(lo, min(lo + batch_size, len(examples))))
-        batch = make_batch(enc, idx, pad_id)
-        logits, _ = target_logits(model, enc.prefix, batch)
-        nll += float(F.cross_entropy(logits, batch["labels"].to(logits.device), reduction="sum"))
-        n_tok += len(batch["labels"])
+        token_nll = _target_nll(model, enc, idx, pad_id)
+        nll += float(token_nll.sum())
+        n_tok += len(token_nll)
         prompts = [enc.suffix[i][: enc.n_prompt[i]] for i in idx]
         for i, gen in zip(idx, greedy_decode(model, enc.prefix, prompts, eos_id, pad_id)):
             score.add(enc.examples[i], tok.decode(gen))
@@ -162,9 +168,7 @@ def loss_by_field(
     sums = {"names": [0.0, 0], "rest": [0.0, 0]}
     for lo in range(0, len(examples), batch_size):
         idx = list(range(lo, min(lo + batch_size, len(examples))))
-        batch = make_batch(enc, idx, pad_id)
-        logits, _ = target_logits(model, enc.prefix, batch)
-        nll = F.cross_entropy(logits, batch["labels"].to(logits.device), reduction="none").tolist()
+        nll = _target_nll(model, enc, idx, pad_id).tolist()
         flags = [f for i in idx for f in name_tokens(tok, enc.suffix[i][enc.n_prompt[i] :])]
         for v, is_name in zip(nll, flags, strict=True):
             acc = sums["names" if is_name else "rest"]

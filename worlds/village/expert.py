@@ -141,8 +141,7 @@ def _producer(obs: VillageObs, role: str, t: Traits) -> BaseModel:
 
 
 def _merchant(obs: VillageObs, role: str, t: Traits) -> BaseModel:
-    stock = [(obs.has(i), i) for i in R.ITEMS if i != "meal" and obs.has(i)]
-    broke = obs.coins < 6 and not stock
+    broke = obs.coins < 6 and not any(obs.has(i) for i in R.ITEMS if i != "meal")
     farming = obs.coins < 20 and obs.last.startswith(("gathered", "go_to fields"))
     if broke or farming:  # no capital: earn some as a farmer (the market pays merchants a bonus)
         return _producer(obs, role, t)
