@@ -116,6 +116,7 @@ def make_plan(
     int8_min_agreement: float | None = None,
     dagger_rounds: int | None = None,
     device: str | None = None,
+    fresh_names: float | None = None,
 ) -> BuildPlan:
     """The build plan for ``scale``.
 
@@ -130,6 +131,8 @@ def make_plan(
             and disagree with themselves under any perturbation; tests pass 0 to keep the variant).
         dagger_rounds: override the number of DAgger rounds (0: ship the distilled student as is).
         device: where torch trains (``cpu``, ``cuda``, ``auto``; not part of any stage key).
+        fresh_names: override the dataset's share of training worlds whose default villagers get
+            generated names (:class:`exports.dataset.DatasetSpec`; it changes every stage's key).
 
     Raises:
         ValueError: for an unknown scale.
@@ -178,6 +181,8 @@ def make_plan(
             plan = replace(plan, **{run: replace(getattr(plan, run), **{knob: value}) for run in TRAIN_STAGE})
     if int8_min_agreement is not None:
         plan = replace(plan, int8_min_agreement=int8_min_agreement)
+    if fresh_names is not None:
+        plan = replace(plan, data=replace(plan.data, fresh_names=fresh_names))
     if dagger_rounds is not None:
         if dagger_rounds < 0:
             raise ValueError(f"dagger rounds must be 0 or more, not {dagger_rounds}")
@@ -222,6 +227,7 @@ def build_models(
     int8_min_agreement: float | None = None,
     dagger_rounds: int | None = None,
     device: str | None = None,
+    fresh_names: float | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Build the village ``act`` models into ``out_root/<name>``.
@@ -239,6 +245,7 @@ def build_models(
         dagger_rounds: override the DAgger rounds after distillation (0: none).
         device: where torch trains (``cpu``, ``cuda``, ``auto``: a GPU when torch sees one); speed
             only, like ``threads``. The cards' measurements always run on the CPU.
+        fresh_names: override the dataset's ``fresh_names`` (see :func:`make_plan`).
         progress: print stage lines and show training progress bars.
 
     Returns:
@@ -254,6 +261,7 @@ def build_models(
         int8_min_agreement=int8_min_agreement,
         dagger_rounds=dagger_rounds,
         device=device,
+        fresh_names=fresh_names,
     )
     out_root = Path(out_root)
     work = out_root / WORK

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from exports.dataset import ActDataset, ActExample, DatasetSpec, _plan
+from exports.dataset import ActDataset, ActExample, DatasetSpec, _plan, name_block, name_numbers_end
 
 ROLLOUTS = "default-cast+fresh-personas/1"
 """What the rollouts are (part of the build's stage key: a change here redoes the DAgger stage)."""
@@ -70,13 +70,14 @@ def fresh_cast(spec: DatasetSpec, world: int, round_: int, seed: int) -> list[An
     """The default cast plus ``spec.generated_per_world`` new personas for DAgger world ``world``.
 
     Their numbers start past every block of the dataset's training and held-out-persona worlds,
-    and their trait combinations are checked against the held-out personas.
+    and their trait combinations are checked against the held-out personas. With the dataset's
+    ``fresh_names``, the same share of DAgger worlds gives the default villagers generated names.
     """
-    from worlds.village.cast import default_cast, generate_personas
+    from worlds.village.cast import default_cast, generate_personas, renamed
 
     g = spec.generated_per_world
-    used_blocks = spec.train_worlds + spec.heldout_persona_worlds
-    start = len(default_cast()) + 1 + (used_blocks + 1 + round_ * 1000 + world) * g
+    block = name_block(spec)
+    start = name_numbers_end(spec) + (1 + round_ * 1000 + world) * block
     rng = np.random.default_rng([seed, 0xCA57, round_, world])
     heldout = _planned(spec)[1]
     fresh = [
@@ -84,7 +85,10 @@ def fresh_cast(spec: DatasetSpec, world: int, round_: int, seed: int) -> list[An
         for p in generate_personas(g, int(rng.integers(2**31)), start=start)
         if tuple(sorted(p.traits.items())) not in heldout
     ]
-    return default_cast() + fresh
+    defaults = default_cast()
+    if spec.fresh_names > 0 and rng.random() < spec.fresh_names:
+        defaults = renamed(defaults, int(rng.integers(2**31)), start=start + g)
+    return defaults + fresh
 
 
 @lru_cache(maxsize=4)

@@ -4,7 +4,10 @@ Each example is what a model brain would send for one agent on one tick (the fiv
 built by :class:`agents.mind.ExpertBrain` exactly as the model brain builds them) and what the expert
 decided, as the exact JSON text the constrained decoder produces. Three splits:
 
-- ``train``: worlds on training seeds, cast of the default villagers plus generated ones;
+- ``train``: worlds on training seeds, cast of the default villagers plus generated ones (with
+  ``fresh_names``, a share of these worlds gives the default villagers generated names: they keep
+  their roles, traits, goals and backstories, so the model meets the familiar characters under names
+  it must read from the prompt, as in the held-out-persona split);
 - ``heldout_seed``: worlds on seeds never used for training, cast drawn from the training personas
   (new situations, known personas);
 - ``heldout_persona``: worlds on unseen seeds whose every agent is a generated persona that appears
@@ -72,6 +75,11 @@ class DatasetSpec:
         sample_rate: fraction of decisions kept, so consecutive near-identical ticks do not
             dominate; the rest are simulated but not recorded.
         seed: the one seed everything is drawn from.
+        fresh_names: share of training worlds whose default villagers carry generated names (from
+            their world's own number block, never a held-out one). With 0 every training world has
+            the default cast under its own names, which then fill most partner slots in training
+            while a held-out persona's partners are all new names; 0 gives the datasets of earlier
+            releases unchanged.
     """
 
     world: str = "village"
@@ -82,6 +90,7 @@ class DatasetSpec:
     ticks: int = 144
     sample_rate: float = 0.2
     seed: int = 0
+    fresh_names: float = 0.0
 
 
 @dataclass
@@ -112,12 +121,29 @@ class _WorldPlan:
     cast: list[Any]  # personas
 
 
+def name_block(spec: DatasetSpec) -> int:
+    """How many name numbers each world's block holds: its generated villagers', and with fresh
+    names the renamed default villagers' after them (blocks stay disjoint and interleaved)."""
+    from worlds.village.cast import default_cast
+
+    return spec.generated_per_world + (len(default_cast()) if spec.fresh_names > 0 else 0)
+
+
+def name_numbers_end(spec: DatasetSpec) -> int:
+    """The first name number past every block the dataset's worlds use."""
+    from worlds.village.cast import default_cast
+
+    return len(default_cast()) + 1 + (spec.train_worlds + spec.heldout_persona_worlds) * name_block(spec)
+
+
 def _plan(spec: DatasetSpec) -> list[_WorldPlan]:
     """Decide every world's seed and cast before simulating anything (keeps splits disjoint)."""
-    from worlds.village.cast import default_cast, generate_personas
+    from worlds.village.cast import default_cast, generate_personas, renamed
 
     if spec.world != "village":
         raise ValueError(f"persona generation is only defined for the village, not {spec.world!r}")
+    if not 0.0 <= spec.fresh_names <= 1.0:
+        raise ValueError(f"fresh_names is a share of worlds in [0, 1], not {spec.fresh_names}")
     rng = np.random.default_rng(spec.seed)
     n_worlds = spec.train_worlds + spec.heldout_seed_worlds + spec.heldout_persona_worlds
     world_seeds = [int(s) for s in rng.choice(2**31 - 1, size=n_worlds, replace=False)]
@@ -126,16 +152,22 @@ def _plan(spec: DatasetSpec) -> list[_WorldPlan]:
     block_of = rng.permutation(spec.train_worlds + spec.heldout_persona_worlds)
     g = spec.generated_per_world
     start0 = len(default_cast()) + 1
+    block = name_block(spec)
+    fresh_rng = np.random.default_rng([spec.seed, 2])  # its own stream: fresh_names=0 draws nothing new
 
     def generate(slot: int) -> list[Any]:
-        return generate_personas(g, int(rng.integers(2**31)), start=start0 + int(block_of[slot]) * g)
+        return generate_personas(g, int(rng.integers(2**31)), start=start0 + int(block_of[slot]) * block)
 
     plans: list[_WorldPlan] = []
     train_pool: list[Any] = []
     for i in range(spec.train_worlds):
-        cast = default_cast() + generate(i)
-        train_pool.extend(cast[len(default_cast()) :])
-        plans.append(_WorldPlan("train", world_seeds[i], cast))
+        generated = generate(i)
+        defaults = default_cast()
+        if fresh_rng.random() < spec.fresh_names:
+            first = start0 + int(block_of[i]) * block + g
+            defaults = renamed(defaults, int(fresh_rng.integers(2**31)), start=first)
+        train_pool.extend(generated)
+        plans.append(_WorldPlan("train", world_seeds[i], defaults + generated))
     seen_traits = {tuple(sorted(p.traits.items())) for p in train_pool}
     for j in range(spec.heldout_persona_worlds):
         cast = generate(spec.train_worlds + j)

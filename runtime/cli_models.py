@@ -72,6 +72,7 @@ def cmd_models_build(args: argparse.Namespace) -> int:
         threads=args.threads,
         dagger_rounds=args.dagger_rounds,
         device=args.device,
+        fresh_names=args.fresh_names,
         progress=True,
     )
     rows = []
@@ -223,6 +224,12 @@ def add_models_parser(sub: argparse._SubParsersAction) -> None:
         "--device",
         default=None,
         help="where torch trains: cpu (default), cuda[:N], or auto (a GPU when torch sees one)",
+    )
+    mb.add_argument(
+        "--fresh-names",
+        type=float,
+        default=None,
+        help="share of training worlds whose default villagers get generated names (default: the plan's, 0)",
     )
     mb.set_defaults(fn=cmd_models_build)
     mt = msub.add_parser(

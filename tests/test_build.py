@@ -221,6 +221,13 @@ def test_the_same_seed_reproduces_the_weights(built, tmp_path):
         make_plan("huge")
 
 
+def test_fresh_names_reach_the_dataset_and_every_stage_key():
+    plain, fresh = make_plan("full"), make_plan("full", fresh_names=0.5)
+    assert plain.data.fresh_names == 0.0 and fresh.data.fresh_names == 0.5
+    a, b = plain.stage_keys(), fresh.stage_keys()
+    assert a.keys() == b.keys() and all(a[k] != b[k] for k in a)
+
+
 def test_models_build_command_defaults_to_the_user_models_dir(built, tmp_path, monkeypatch, capsys):
     import exports.build
     from runtime.cli import main

@@ -99,6 +99,28 @@ def test_heldout_splits_are_disjoint_from_training(data):
     assert not data.world_seeds("heldout_seed") & data.world_seeds("heldout_persona")
 
 
+def test_fresh_names_rename_the_default_villagers_of_some_training_worlds(data):
+    from worlds.village.cast import default_cast
+
+    fresh = build_act_dataset(replace(SPEC, fresh_names=1.0), progress=False)
+    defaults = {p.name for p in default_cast()}
+    train_names = fresh.personas("train")
+    assert not train_names & defaults  # every training world renamed them
+    # ... under new names, characters otherwise the same: each default backstory is still there.
+    backstories = {ex.prompt[2].split("\n", 1)[1] for ex in fresh["train"]}
+    for p in default_cast():
+        assert any(p.backstory in b for b in backstories), p.name
+    # Held-out personas stay unseen; training holds the same people as without fresh names.
+    assert not fresh.personas("heldout_persona") & train_names
+
+    def traits(d):
+        return {next(ln for ln in ex.prompt[2].splitlines() if ln.startswith("Traits:")) for ex in d["train"]}
+
+    assert traits(fresh) == traits(data)
+    with pytest.raises(ValueError, match="fresh_names"):
+        build_act_dataset(replace(SPEC, fresh_names=1.5), progress=False)
+
+
 def test_examples_are_what_the_model_brain_sees_and_the_decoder_emits(data):
     from agents.actions import action_json, parse_action
     from worlds.village import VillageAction

@@ -204,6 +204,24 @@ def generate_personas(n: int, seed: int = 0, *, start: int = 1) -> list[VillageP
     return out
 
 
+def renamed(personas: list[VillagePersona], seed: int, *, start: int) -> list[VillagePersona]:
+    """``personas`` under generated names (``Ansel-{start}``, ...), everything else kept.
+
+    The dataset uses it to show the default villagers' characters under names a model must read
+    from its prompt rather than remember.
+
+    Args:
+        personas: the villagers to rename.
+        seed: the generator's seed for the first names.
+        start: the first number used in names.
+    """
+    rng = np.random.default_rng(seed)
+    return [
+        p.model_copy(update={"name": f"{_FIRST[int(rng.integers(len(_FIRST)))]}-{start + k}"})
+        for k, p in enumerate(personas)
+    ]
+
+
 def village_cast(n: int | None = None, seed: int = 0) -> list[VillagePersona]:
     """The default cast, cut to ``n`` or topped up to ``n`` with generated villagers.
 
