@@ -270,6 +270,7 @@ def test_models_build_command_defaults_to_the_user_models_dir(built, tmp_path, m
         "threads": None,
         "dagger_rounds": 0,
         "device": None,
+        "fresh_names": None,
         "progress": True,
     }
     assert "village-act" in capsys.readouterr().out
