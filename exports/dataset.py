@@ -155,8 +155,11 @@ def _plan(spec: DatasetSpec) -> list[_WorldPlan]:
     block = name_block(spec)
     fresh_rng = np.random.default_rng([spec.seed, 2])  # its own stream: fresh_names=0 draws nothing new
 
+    def block_start(slot: int) -> int:
+        return start0 + int(block_of[slot]) * block
+
     def generate(slot: int) -> list[Any]:
-        return generate_personas(g, int(rng.integers(2**31)), start=start0 + int(block_of[slot]) * block)
+        return generate_personas(g, int(rng.integers(2**31)), start=block_start(slot))
 
     plans: list[_WorldPlan] = []
     train_pool: list[Any] = []
@@ -164,8 +167,7 @@ def _plan(spec: DatasetSpec) -> list[_WorldPlan]:
         generated = generate(i)
         defaults = default_cast()
         if fresh_rng.random() < spec.fresh_names:
-            first = start0 + int(block_of[i]) * block + g
-            defaults = renamed(defaults, int(fresh_rng.integers(2**31)), start=first)
+            defaults = renamed(defaults, int(fresh_rng.integers(2**31)), start=block_start(i) + g)
         train_pool.extend(generated)
         plans.append(_WorldPlan("train", world_seeds[i], defaults + generated))
     seen_traits = {tuple(sorted(p.traits.items())) for p in train_pool}

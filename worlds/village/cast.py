@@ -172,6 +172,11 @@ _QUIRKS = (
 _ROLE_WEIGHTS = {"farmer": 0.3, "fisher": 0.2, "woodcutter": 0.2, "merchant": 0.15, "innkeeper": 0.15}
 
 
+def _numbered_name(rng: np.random.Generator, k: int) -> str:
+    """A first name drawn from ``rng`` and the number ``k``: ``Ansel-13``."""
+    return f"{_FIRST[int(rng.integers(len(_FIRST)))]}-{k}"
+
+
 def generate_personas(n: int, seed: int = 0, *, start: int = 1) -> list[VillagePersona]:
     """``n`` villagers with seeded random roles, traits, goals and backstories.
 
@@ -190,7 +195,7 @@ def generate_personas(n: int, seed: int = 0, *, start: int = 1) -> list[VillageP
     weights = np.array(list(_ROLE_WEIGHTS.values()))
     out = []
     for k in range(start, start + n):
-        name = f"{_FIRST[int(rng.integers(len(_FIRST)))]}-{k}"
+        name = _numbered_name(rng, k)
         role = roles[int(rng.choice(len(roles), p=weights))]
         traits = {
             t: round(float(v), 2) for t, v in zip(KNOWN_TRAITS, rng.random(len(KNOWN_TRAITS)), strict=True)
@@ -216,10 +221,7 @@ def renamed(personas: list[VillagePersona], seed: int, *, start: int) -> list[Vi
         start: the first number used in names.
     """
     rng = np.random.default_rng(seed)
-    return [
-        p.model_copy(update={"name": f"{_FIRST[int(rng.integers(len(_FIRST)))]}-{start + k}"})
-        for k, p in enumerate(personas)
-    ]
+    return [p.model_copy(update={"name": _numbered_name(rng, start + k)}) for k, p in enumerate(personas)]
 
 
 def village_cast(n: int | None = None, seed: int = 0) -> list[VillagePersona]:
