@@ -158,7 +158,9 @@ def runtime_accuracy(
     examples = seeded_sample(examples, limit)
     score = ActionScore(world_class(world).action_type, max_mistakes=10)
     t0 = time.perf_counter()
-    served = serve_examples(model_dir, examples, world=world, threads=threads, batch_size=batch_size, choices=choices)
+    served = serve_examples(
+        model_dir, examples, world=world, threads=threads, batch_size=batch_size, choices=choices
+    )
     for ex, res in served:
         score.add(ex, res.text, served=res.error is None)
     return {**score.summary(), "wall_s": round(time.perf_counter() - t0, 2)}
@@ -330,3 +332,89 @@ def eval_model(
     examples = heldout_examples(model_dir, split, data_path)
     result = runtime_accuracy(model_dir, examples, limit=limit, threads=threads, choices=choices)
     return {"split": split, **result}
+
+
+def write_build_cards(
+    plan: Any,
+    data: Any,
+    models: dict[str, Path],
+    runs: dict[str, Path],
+    int8: dict[str, Any],
+    dagger: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Measure each model a build exported (``exports.build``) in the runtime and write its card."""
+    from exports.build import DENSE, INT8, STUDENT, TEACHER
+
+    configs = {
+        TEACHER: ("teacher", plan.teacher),
+        DENSE: ("dense", plan.dense),
+        STUDENT: ("student", plan.student),
+    }
+    configs[INT8] = ("student", plan.student)
+    speed_prompts = [ex.prompt for ex in data["heldout_seed"][: plan.speed_batch]]
+    cards: dict[str, Any] = {}
+    teacher_rate = None
+    for name, model_dir in models.items():  # the teacher first: the others' speed-up is against it
+        run, cfg = configs[name]
+        metrics = json.loads((runs[run] / "metrics.json").read_text())
+        heldout: dict[str, Any] = {}
+        for split in ("heldout_seed", "heldout_persona"):
+            served = runtime_accuracy(model_dir, data[split], limit=plan.card_examples)
+            free = runtime_accuracy(model_dir, data[split], limit=plan.card_examples, choices=False)
+            torch_m = metrics.get(split, {})
+            heldout[split] = {
+                # The torch numbers are the fp32 model's, so they do not apply to the int8 copy.
+                "loss": None if name == INT8 else torch_m.get("loss"),
+                "exact_match_unconstrained": None if name == INT8 else torch_m.get("exact_match"),
+                "n_unconstrained": None if name == INT8 else torch_m.get("n"),
+                "exact_match": served["exact_match"],  # as the model brain decides: with choices
+                "exact_match_free_choices": free["exact_match"],
+                "n": served["n"],
+            }
+        built = {
+            "scale": plan.scale,
+            "preset": cfg.preset,
+            "seed": cfg.seed,
+            "steps": cfg.steps,
+            "batch_size": cfg.batch_size,
+            "data": data.counts(),
+            "dataset_spec": asdict(data.spec),
+            "vocab_size": plan.vocab_size,
+            "distilled_from": TEACHER if run == "student" else None,
+            "dagger": (
+                {
+                    **asdict(plan.dagger),
+                    "rounds_run": (dagger or {}).get("rounds"),
+                    "examples": (dagger or {}).get("examples"),
+                }
+                if run == "student" and plan.dagger.rounds
+                else None
+            ),
+            "refine": (
+                {
+                    **asdict(plan.refine),
+                    "rounds_run": (dagger or {}).get("refine", {}).get("rounds"),
+                    "examples": (dagger or {}).get("refine", {}).get("examples"),
+                }
+                if run == "student" and plan.dagger.rounds and getattr(plan, "refine", None)
+                else None
+            ),
+            "train_wall_s": metrics.get("wall_s_total"),
+        }
+        runtime = measure_decisions_per_s(model_dir, speed_prompts)
+        if name == TEACHER:
+            teacher_rate = runtime["decisions_per_s"]
+        elif teacher_rate:
+            # The issue's bar: a student must decide at least 2x faster than the teacher.
+            runtime["speedup_vs_teacher"] = round(runtime["decisions_per_s"] / teacher_rate, 2)
+        card = write_model_card(
+            model_dir,
+            task="act",
+            world=data.spec.world,
+            heldout=heldout,
+            runtime=runtime,
+            built=built,
+            int8_check=int8 if name in (STUDENT, INT8) else None,
+        )
+        cards[name] = card
+    return {"cards": cards}

@@ -54,6 +54,8 @@ class DaggerConfig:
         steps: fine-tuning steps per round.
         lr: peak learning rate of each round's fine-tuning.
         seed: seeds the world seeds, the sampling and the fine-tuning order.
+        balance: the fine-tuning's sampling by action kind (:class:`exports.train.TrainConfig`;
+            0.5 draws rare decisions — sales, trades, talk — more often than their share).
     """
 
     rounds: int = 5
@@ -64,6 +66,7 @@ class DaggerConfig:
     steps: int = 400
     lr: float = 1e-3
     seed: int = 0
+    balance: float = 0.0
 
 
 def fresh_cast(spec: DatasetSpec, world: int, round_: int, seed: int) -> list[Any]:
@@ -253,6 +256,7 @@ def run_dagger(
                 train_cfg,
                 steps=cfg.steps,
                 lr=cfg.lr,
+                balance=cfg.balance,
                 warmup=max(cfg.steps // 20, 1),
                 seed=cfg.seed + r,
                 init=str(current),

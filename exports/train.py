@@ -77,6 +77,10 @@ class TrainConfig:
         temperature: distillation temperature.
         alpha: weight of the distillation KL; ``1 - alpha`` weighs the cross-entropy on the
             expert's tokens.
+        balance: 0 draws each step's examples uniformly (epoch-wise permutations); above 0 each
+            example is drawn with probability ∝ (examples of its action kind)^-balance, so rare
+            decisions (a sale, a trade, a talk) are seen more often — 0.5 draws each kind in
+            proportion to the square root of its count.
     """
 
     preset: str = "act-moe"
@@ -98,6 +102,7 @@ class TrainConfig:
     teacher: str | None = None
     temperature: float = 2.0
     alpha: float = 0.7
+    balance: float = 0.0
 
 
 def make_batch(enc: Encoded, idx: Sequence[int], pad_id: int) -> dict[str, torch.Tensor]:
@@ -203,6 +208,31 @@ def batch_indices(n: int, batch_size: int, step: int, seed: int) -> list[int]:
     epoch, k = divmod(step, per_epoch)
     perm = np.random.default_rng([seed, epoch]).permutation(n)
     return [int(i) for i in perm[k * batch_size : (k + 1) * batch_size]]
+
+
+def example_kind(target: str) -> str:
+    """An example's action kind: the ``action`` field of its JSON target (the whole text if none)."""
+    try:
+        kind = json.loads(target).get("action")
+    except (ValueError, AttributeError):
+        kind = None
+    return kind if isinstance(kind, str) else target
+
+
+def kind_weights(targets: Sequence[str], balance: float) -> np.ndarray:
+    """Sampling probabilities ∝ (examples of the same kind)^-balance, summing to 1."""
+    _, inverse, counts = np.unique(
+        [example_kind(t) for t in targets], return_inverse=True, return_counts=True
+    )
+    w = counts[inverse].astype(np.float64) ** -balance
+    return w / w.sum()
+
+
+def balanced_indices(p: np.ndarray, batch_size: int, step: int, seed: int) -> list[int]:
+    """The examples of ``step`` drawn with probabilities ``p`` (with replacement), a pure function
+    of the step like :func:`batch_indices`."""
+    rng = np.random.default_rng([seed, step, 0xBA1])
+    return [int(i) for i in rng.choice(len(p), size=batch_size, p=p)]
 
 
 def build_model(args: ModelArgs, tok_dir: Path, seed: int) -> Any:
@@ -324,8 +354,13 @@ def train(
     bar = tqdm(
         range(start, end), desc=f"train {cfg.preset}", initial=start, total=cfg.steps, disable=not progress
     )
+    p = kind_weights([e.target for e in enc.examples], cfg.balance) if cfg.balance else None
     for step in bar:
-        batch = make_batch(enc, batch_indices(len(enc.suffix), cfg.batch_size, step, cfg.seed), pad_id)
+        if p is None:
+            idx = batch_indices(len(enc.suffix), cfg.batch_size, step, cfg.seed)
+        else:
+            idx = balanced_indices(p, cfg.batch_size, step, cfg.seed)
+        batch = make_batch(enc, idx, pad_id)
         for g in opt.param_groups:
             g["lr"] = lr_at(cfg, step)
         batch = {k: v.to(device) for k, v in batch.items()}

@@ -71,6 +71,12 @@ def test_build_runs_every_stage_and_makes_three_carded_models(built):
     (record,) = dagger["rounds_run"]
     assert 0.0 <= record["on_policy_match_before"] <= 1.0 and record["examples"] == dagger["examples"]
     assert teacher["built"]["dagger"] is None
+    # ...then refining rounds on other worlds, rare action kinds drawn more often
+    refine = student["built"]["refine"]
+    assert refine["balance"] == 0.5 and refine["seed"] != dagger["seed"] and refine["examples"] > 0
+    (record,) = refine["rounds_run"]
+    assert record["seeds"] != dagger["rounds_run"][0]["seeds"]
+    assert teacher["built"]["refine"] is None
     assert student["runtime"]["speedup_vs_teacher"] > 0 and "speedup_vs_teacher" not in teacher["runtime"]
     # The student carries its transformers weights (for the per-agent baseline), checksummed.
     from runtime.artifacts import hf_weights_dir

@@ -375,3 +375,22 @@ def test_training_refuses_examples_longer_than_the_context(data, tok_dir, tmp_pa
     cfg = TrainConfig(preset="short", steps=1, batch_size=2)
     with pytest.raises(ValueError, match="holds 256"):
         train(cfg, data, tmp_path / "short", tokenizer=tok_dir, evaluate_at_end=False, progress=False)
+
+
+def test_balanced_sampling_draws_rare_action_kinds_more_often():
+    from exports.train import balanced_indices, batch_indices, example_kind, kind_weights
+
+    targets = ['{"action": "go_to", "place": "market"}'] * 90 + [
+        '{"action": "sell", "item": "fish", "qty": 4}'
+    ] * 10
+    assert example_kind(targets[0]) == "go_to" and example_kind("not json") == "not json"
+    p = kind_weights(targets, 0.5)
+    assert abs(p.sum() - 1) < 1e-12
+    # by the square root of their counts: go_to 90 -> 9.49, sell 10 -> 3.16, so sell gets a quarter
+    assert abs(p[90:].sum() - 10**0.5 / (90**0.5 + 10**0.5)) < 1e-9
+    assert abs(kind_weights(targets, 1.0)[90:].sum() - 0.5) < 1e-9  # balance 1: kinds alike
+    draws = [i for step in range(200) for i in balanced_indices(p, 32, step, seed=0)]
+    assert 0.2 < sum(i >= 90 for i in draws) / len(draws) < 0.3
+    # a pure function of the step (resumable), different from step to step
+    assert balanced_indices(p, 32, 5, 0) == balanced_indices(p, 32, 5, 0) != balanced_indices(p, 32, 6, 0)
+    assert sorted(batch_indices(100, 100, 0, 0)) == list(range(100))  # uniform: a permutation per epoch
