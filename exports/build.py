@@ -120,6 +120,7 @@ def make_plan(
     threads: int | None = None,
     int8_min_agreement: float | None = None,
     dagger_rounds: int | None = None,
+    refine_rounds: int | None = None,
     device: str | None = None,
     fresh_names: float | None = None,
 ) -> BuildPlan:
@@ -136,6 +137,7 @@ def make_plan(
             and disagree with themselves under any perturbation; tests pass 0 to keep the variant).
         dagger_rounds: override the number of DAgger rounds (0: ship the distilled student as is,
             without refining rounds either).
+        refine_rounds: override the number of refining DAgger rounds that follow (0: none).
         device: where torch trains (``cpu``, ``cuda``, ``auto``; not part of any stage key).
         fresh_names: override the dataset's share of training worlds whose default villagers get
             generated names (:class:`exports.dataset.DatasetSpec`; it changes every stage's key).
@@ -199,6 +201,10 @@ def make_plan(
         plan = replace(plan, dagger=replace(plan.dagger, rounds=dagger_rounds))
         if dagger_rounds == 0:
             plan = replace(plan, refine=None)
+    if refine_rounds is not None and plan.refine is not None:
+        if refine_rounds < 0:
+            raise ValueError(f"refine rounds must be 0 or more, not {refine_rounds}")
+        plan = replace(plan, refine=replace(plan.refine, rounds=refine_rounds) if refine_rounds else None)
     return plan
 
 
@@ -238,6 +244,7 @@ def build_models(
     threads: int | None = None,
     int8_min_agreement: float | None = None,
     dagger_rounds: int | None = None,
+    refine_rounds: int | None = None,
     device: str | None = None,
     fresh_names: float | None = None,
     progress: bool = True,
@@ -255,6 +262,7 @@ def build_models(
         threads: torch threads for training (speed only: results and stage keys do not change).
         int8_min_agreement: override the greedy-agreement threshold for keeping the int8 student.
         dagger_rounds: override the DAgger rounds after distillation (0: none).
+        refine_rounds: override the refining DAgger rounds after those (0: none).
         device: where torch trains (``cpu``, ``cuda``, ``auto``: a GPU when torch sees one); speed
             only, like ``threads``. The cards' measurements always run on the CPU.
         fresh_names: override the dataset's ``fresh_names`` (see :func:`make_plan`).
@@ -272,6 +280,7 @@ def build_models(
         threads=threads,
         int8_min_agreement=int8_min_agreement,
         dagger_rounds=dagger_rounds,
+        refine_rounds=refine_rounds,
         device=device,
         fresh_names=fresh_names,
     )

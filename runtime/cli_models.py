@@ -71,6 +71,7 @@ def cmd_models_build(args: argparse.Namespace) -> int:
         run_steps=run_steps,
         threads=args.threads,
         dagger_rounds=args.dagger_rounds,
+        refine_rounds=args.refine_rounds,
         device=args.device,
         fresh_names=args.fresh_names,
         progress=True,
@@ -218,6 +219,13 @@ def add_models_parser(sub: argparse._SubParsersAction) -> None:
         help="DAgger rounds on the student's own closed-loop states (default: the plan's; 0: none)",
     )
     mb.add_argument(
+        "--refine-rounds",
+        type=int,
+        default=None,
+        help="refining DAgger rounds after those: other fresh worlds, rare actions drawn more often "
+        "(default: the plan's; 0: none)",
+    )
+    mb.add_argument(
         "--threads", type=int, default=None, help="torch threads for training (speed only; default 1)"
     )
     mb.add_argument(
@@ -237,11 +245,15 @@ def add_models_parser(sub: argparse._SubParsersAction) -> None:
     )
     mt.add_argument("--out", default=None, help="target directory (default: the user models directory)")
     mt.add_argument("--teacher", default="smollm2-135m", help="the talking teacher (name or directory)")
-    mt.add_argument("--conversations", type=int, default=64, help="casts the teacher talks in (about a minute each)")
+    mt.add_argument(
+        "--conversations", type=int, default=64, help="casts the teacher talks in (about a minute each)"
+    )
     mt.add_argument("--agents", type=int, default=32, help="agents per cast")
     mt.add_argument("--rounds", type=int, default=3, help="utterances per agent")
     mt.add_argument("--new-tokens", type=int, default=32, help="most tokens per utterance")
-    mt.add_argument("--steps", type=int, default=1500, help="training steps (about 4 epochs of the default data)")
+    mt.add_argument(
+        "--steps", type=int, default=1500, help="training steps (about 4 epochs of the default data)"
+    )
     mt.add_argument("--seed", type=int, default=0)
     mt.add_argument("--threads", type=int, default=1, help="threads for the teacher and for training")
     mt.set_defaults(fn=cmd_models_build_talk)

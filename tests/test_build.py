@@ -234,6 +234,19 @@ def test_fresh_names_reach_the_dataset_and_every_stage_key():
     assert a.keys() == b.keys() and all(a[k] != b[k] for k in a)
 
 
+def test_refine_rounds_change_only_the_dagger_stage_and_what_follows():
+    plan = make_plan("full")
+    assert plan.refine.rounds > 0 and plan.refine.balance > 0 and plan.refine.seed != plan.dagger.seed
+    more = make_plan("full", refine_rounds=plan.refine.rounds + 1)
+    a, b = plan.stage_keys(), more.stage_keys()
+    changed = {k for k in a if a[k] != b[k]}
+    assert changed == {"dagger-student", "export-student", "quantize-student", "cards"}
+    assert make_plan("full", refine_rounds=0).refine is None
+    assert make_plan("full", dagger_rounds=0).refine is None  # no DAgger: nothing to refine
+    with pytest.raises(ValueError, match="refine rounds"):
+        make_plan("full", refine_rounds=-1)
+
+
 def test_models_build_command_defaults_to_the_user_models_dir(built, tmp_path, monkeypatch, capsys):
     import exports.build
     from runtime.cli import main
@@ -262,6 +275,8 @@ def test_models_build_command_defaults_to_the_user_models_dir(built, tmp_path, m
                 "9",
                 "--dagger-rounds",
                 "0",
+                "--refine-rounds",
+                "2",
             ]
         )
         == 0
@@ -275,6 +290,7 @@ def test_models_build_command_defaults_to_the_user_models_dir(built, tmp_path, m
         "run_steps": {"student": 9},
         "threads": None,
         "dagger_rounds": 0,
+        "refine_rounds": 2,
         "device": None,
         "fresh_names": None,
         "progress": True,
