@@ -31,7 +31,7 @@ INT8 = "village-act-int8"
 WORK = ".build"
 TRAIN_STAGE = {"teacher": "train-teacher", "dense": "train-dense", "student": "distill-student"}
 STATE = "state.json"
-REFINE_ROUNDS, REFINE_SEED = 5, 7  # the refining DAgger phase: rounds, and its seed's offset
+REFINE_ROUNDS, REFINE_SEED = 7, 7  # the refining DAgger phase: rounds, and its seed's offset
 
 
 @dataclass(frozen=True)
