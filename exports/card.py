@@ -381,22 +381,10 @@ def write_build_cards(
             "dataset_spec": asdict(data.spec),
             "vocab_size": plan.vocab_size,
             "distilled_from": TEACHER if run == "student" else None,
-            "dagger": (
-                {
-                    **asdict(plan.dagger),
-                    "rounds_run": (dagger or {}).get("rounds"),
-                    "examples": (dagger or {}).get("examples"),
-                }
-                if run == "student" and plan.dagger.rounds
-                else None
-            ),
+            "dagger": _rounds(plan.dagger, dagger) if run == "student" and plan.dagger.rounds else None,
             "refine": (
-                {
-                    **asdict(plan.refine),
-                    "rounds_run": (dagger or {}).get("refine", {}).get("rounds"),
-                    "examples": (dagger or {}).get("refine", {}).get("examples"),
-                }
-                if run == "student" and plan.dagger.rounds and getattr(plan, "refine", None)
+                _rounds(plan.refine, (dagger or {}).get("refine"))
+                if run == "student" and plan.dagger.rounds and plan.refine
                 else None
             ),
             "train_wall_s": metrics.get("wall_s_total"),
@@ -418,3 +406,9 @@ def write_build_cards(
         )
         cards[name] = card
     return {"cards": cards}
+
+
+def _rounds(cfg: Any, info: dict[str, Any] | None) -> dict[str, Any]:
+    """A DAgger phase for a card: its configuration, each round's record and the examples added."""
+    info = info or {}
+    return {**asdict(cfg), "rounds_run": info.get("rounds"), "examples": info.get("examples")}
