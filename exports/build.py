@@ -69,6 +69,11 @@ class BuildPlan:
     dagger: DaggerConfig = DaggerConfig()
     refine: DaggerConfig | None = None
 
+    @property
+    def refining(self) -> DaggerConfig | None:
+        """The refining phase that actually runs: none without DAgger rounds to refine, or rounds."""
+        return self.refine if self.dagger.rounds and self.refine and self.refine.rounds else None
+
     def to_dict(self) -> dict[str, Any]:
         return json.loads(json.dumps(asdict(self), default=str))
 
@@ -354,7 +359,7 @@ def build_models(
     from exports.onnx_export import export_trained
 
     dagger_dir, refine_dir = work / "dagger", work / "refine"
-    refine = plan.refine if plan.dagger.rounds and plan.refine and plan.refine.rounds else None
+    refine = plan.refining
 
     def dagger_stage() -> dict[str, Any]:
         kw = {"threads": plan.student.threads, "progress": progress}

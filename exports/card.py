@@ -383,8 +383,8 @@ def write_build_cards(
             "distilled_from": TEACHER if run == "student" else None,
             "dagger": _rounds(plan.dagger, dagger) if run == "student" and plan.dagger.rounds else None,
             "refine": (
-                _rounds(plan.refine, (dagger or {}).get("refine"))
-                if run == "student" and plan.dagger.rounds and plan.refine
+                _rounds(plan.refining, (dagger or {}).get("refine"))
+                if run == "student" and plan.refining
                 else None
             ),
             "train_wall_s": metrics.get("wall_s_total"),

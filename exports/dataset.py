@@ -129,11 +129,16 @@ def name_block(spec: DatasetSpec) -> int:
     return spec.generated_per_world + (len(default_cast()) if spec.fresh_names > 0 else 0)
 
 
-def name_numbers_end(spec: DatasetSpec) -> int:
-    """The first name number past every block the dataset's worlds use."""
+def name_numbers_start() -> int:
+    """The first name number of the dataset's blocks (the default villagers' numbers come before)."""
     from worlds.village.cast import default_cast
 
-    return len(default_cast()) + 1 + (spec.train_worlds + spec.heldout_persona_worlds) * name_block(spec)
+    return len(default_cast()) + 1
+
+
+def name_numbers_end(spec: DatasetSpec) -> int:
+    """The first name number past every block the dataset's worlds use."""
+    return name_numbers_start() + (spec.train_worlds + spec.heldout_persona_worlds) * name_block(spec)
 
 
 def _plan(spec: DatasetSpec) -> list[_WorldPlan]:
@@ -151,7 +156,7 @@ def _plan(spec: DatasetSpec) -> list[_WorldPlan]:
     # `generated_per_world` numbers, handed out in shuffled order so both splits span the same range.
     block_of = rng.permutation(spec.train_worlds + spec.heldout_persona_worlds)
     g = spec.generated_per_world
-    start0 = len(default_cast()) + 1
+    start0 = name_numbers_start()
     block = name_block(spec)
     fresh_rng = np.random.default_rng([spec.seed, 2])  # its own stream: fresh_names=0 draws nothing new
 
