@@ -3,8 +3,9 @@
 dataset -> tokenizer -> MoE teacher (``act-moe``) -> dense baseline of equal active parameters
 (``act-dense``) -> distilled student (``act-student``) -> DAgger rounds on the student's own
 closed-loop states (``exports.dagger``), then refining rounds on fresh worlds with rare decisions
-drawn more often -> ONNX exports (last-token logits) -> int8 variant of the
-student where it keeps accuracy -> model cards with measured numbers.
+drawn more often -> the final student's rollouts on fresh worlds, labelled by the expert, on which
+the teacher and the dense baseline are fine-tuned alike -> ONNX exports (last-token logits) -> int8
+variant of the student where it keeps accuracy -> model cards with measured numbers.
 
 Every stage writes under ``out_root/.build`` (a hidden directory, so the model registry does not
 mistake it for a model) and is recorded in ``.build/state.json`` once finished; a re-run skips
@@ -32,6 +33,7 @@ WORK = ".build"
 TRAIN_STAGE = {"teacher": "train-teacher", "dense": "train-dense", "student": "distill-student"}
 STATE = "state.json"
 REFINE_ROUNDS, REFINE_SEED = 7, 7  # the refining DAgger phase: rounds, and its seed's offset
+STATES_SEED = 13  # the seed offset of the student's rollouts that refine the teacher and the baseline
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,10 @@ class BuildPlan:
         dagger: the DAgger rounds that fine-tune the distilled student on its own states.
         refine: more DAgger rounds from the first rounds' weights, on other fresh worlds (another
             seed) and with rare action kinds drawn more often (``balance``); ``None``: none.
+        states: the final student drives ``states.worlds`` fresh worlds (another seed), the expert
+            labels what it sees, and the teacher and the dense baseline are each fine-tuned on the
+            training split plus those examples (``steps``, ``lr``, ``balance``): the cascade asks
+            the teacher on exactly such states. ``None``: they ship as trained.
         card_examples: held-out examples per split evaluated through the runtime for the cards.
         speed_batch: prompts in the decisions/s measurement.
         int8_prompts: prompts on which the int8 student must agree with the fp32 one.
@@ -68,6 +74,7 @@ class BuildPlan:
     int8_min_agreement: float
     dagger: DaggerConfig = DaggerConfig()
     refine: DaggerConfig | None = None
+    states: DaggerConfig | None = None
 
     @property
     def refining(self) -> DaggerConfig | None:
@@ -94,8 +101,18 @@ class BuildPlan:
             keys[TRAIN_STAGE[run]] = _digest([keys["tokenizer"], d[run]])
         keys[TRAIN_STAGE["student"]] = _digest([keys["train-teacher"], d["student"]])
         keys["dagger-student"] = _digest([keys["distill-student"], d["dagger"], d["refine"], ROLLOUTS])
-        for run, stage in TRAIN_STAGE.items():
-            keys[f"export-{run}"] = _digest([keys["dagger-student" if run == "student" else stage]])
+        source = dict(TRAIN_STAGE, student="dagger-student")
+        if self.states:
+            from exports.dagger import rollout_fields
+
+            rollouts = [keys["dagger-student"], rollout_fields(self.states), self.states.worlds]
+            keys["student-states"] = _digest(rollouts)
+            tune = {k: d["states"][k] for k in ("steps", "lr", "balance")}
+            for run in ("teacher", "dense"):
+                keys[f"refine-{run}"] = _digest([keys[TRAIN_STAGE[run]], keys["student-states"], tune])
+                source[run] = f"refine-{run}"
+        for run, stage in source.items():
+            keys[f"export-{run}"] = _digest([keys[stage]])
         keys["quantize-student"] = _digest(
             [keys["export-student"], d["int8_prompts"], d["int8_min_agreement"]]
         )
@@ -126,6 +143,7 @@ def make_plan(
     int8_min_agreement: float | None = None,
     dagger_rounds: int | None = None,
     refine_rounds: int | None = None,
+    states_steps: int | None = None,
     device: str | None = None,
     fresh_names: float | None = None,
 ) -> BuildPlan:
@@ -143,6 +161,8 @@ def make_plan(
         dagger_rounds: override the number of DAgger rounds (0: ship the distilled student as is,
             without refining rounds either).
         refine_rounds: override the number of refining DAgger rounds that follow (0: none).
+        states_steps: override the fine-tuning steps of the teacher and the dense baseline on the
+            final student's states (0: none; see :class:`BuildPlan`).
         device: where torch trains (``cpu``, ``cuda``, ``auto``; not part of any stage key).
         fresh_names: override the dataset's share of training worlds whose default villagers get
             generated names (:class:`exports.dataset.DatasetSpec`; it changes every stage's key).
@@ -168,18 +188,21 @@ def make_plan(
         teacher, dense, student = (replace(base, preset=p) for p in ("tiny-moe", "tiny", "tiny"))
         dagger = DaggerConfig(rounds=1, worlds=1, ticks=6, sample_rate=0.5, steps=4, seed=seed)
         refine = replace(dagger, seed=seed + REFINE_SEED, balance=0.5)
-        plan = BuildPlan("tiny", data, 512, teacher, dense, student, 6, 6, 6, 0.9, dagger, refine)
+        states = replace(dagger, seed=seed + STATES_SEED, balance=0.5)
+        plan = BuildPlan("tiny", data, 512, teacher, dense, student, 6, 6, 6, 0.9, dagger, refine, states)
     elif scale == "full":
         data = DatasetSpec(seed=seed)
         base = TrainConfig(seed=seed)
         teacher = replace(base, preset="act-moe", steps=3000)
-        # The dense baseline is compared with the teacher's checkpoint at the same step count.
-        dense = replace(base, preset="act-dense", steps=1000)
+        # Same data, steps and schedule as the teacher: the comparison is of architectures.
+        dense = replace(base, preset="act-dense", steps=3000)
         student = replace(base, preset="act-student", steps=1500)
         dagger = DaggerConfig(seed=seed)
         refine = DaggerConfig(rounds=REFINE_ROUNDS, seed=seed + REFINE_SEED, balance=0.5)
+        # 48 worlds (≈ 50k examples); 1,200 steps of 32 from the trained weights.
+        states = DaggerConfig(rounds=1, worlds=48, steps=1200, seed=seed + STATES_SEED, balance=0.5)
         plan = BuildPlan(
-            "full", data, base.vocab_size, teacher, dense, student, 300, 64, 64, 0.97, dagger, refine
+            "full", data, base.vocab_size, teacher, dense, student, 300, 64, 64, 0.97, dagger, refine, states
         )
     else:
         raise ValueError(f"unknown scale {scale!r}; use 'tiny' or 'full'")
@@ -206,6 +229,10 @@ def make_plan(
         plan = replace(plan, dagger=replace(plan.dagger, rounds=dagger_rounds))
         if dagger_rounds == 0:
             plan = replace(plan, refine=None)
+    if states_steps is not None:
+        if states_steps < 0:
+            raise ValueError(f"states steps must be 0 or more, not {states_steps}")
+        plan = replace(plan, states=replace(plan.states, steps=states_steps) if states_steps else None)
     if refine_rounds is not None and plan.refine is not None:
         if refine_rounds < 0:
             raise ValueError(f"refine rounds must be 0 or more, not {refine_rounds}")
@@ -250,6 +277,7 @@ def build_models(
     int8_min_agreement: float | None = None,
     dagger_rounds: int | None = None,
     refine_rounds: int | None = None,
+    states_steps: int | None = None,
     device: str | None = None,
     fresh_names: float | None = None,
     progress: bool = True,
@@ -268,6 +296,7 @@ def build_models(
         int8_min_agreement: override the greedy-agreement threshold for keeping the int8 student.
         dagger_rounds: override the DAgger rounds after distillation (0: none).
         refine_rounds: override the refining DAgger rounds after those (0: none).
+        states_steps: override the teacher's and the baseline's steps on the student's states.
         device: where torch trains (``cpu``, ``cuda``, ``auto``: a GPU when torch sees one); speed
             only, like ``threads``. The cards' measurements always run on the CPU.
         fresh_names: override the dataset's ``fresh_names`` (see :func:`make_plan`).
@@ -286,6 +315,7 @@ def build_models(
         int8_min_agreement=int8_min_agreement,
         dagger_rounds=dagger_rounds,
         refine_rounds=refine_rounds,
+        states_steps=states_steps,
         device=device,
         fresh_names=fresh_names,
     )
@@ -376,29 +406,45 @@ def build_models(
         last = refine.rounds if refine else plan.dagger.rounds
         runs["student"] = final_dir / f"round{last - 1}" / "run"
 
-    exports = {
-        TEACHER: ("teacher", plan.teacher),
-        DENSE: ("dense", plan.dense),
-        STUDENT: ("student", plan.student),
-    }
-    models: dict[str, Path] = {}
-    for name, (run, cfg) in exports.items():
+    def export(run: str, name: str, cfg: Any, deps: tuple[str, ...]) -> Path:
         target = out_root / name
         extra = {"task": "act", "preset": cfg.preset, "seed": seed, "build_scale": scale}
-        stage(
-            f"export-{run}",
-            [target / "model.onnx"],
-            lambda r=run, t=target, n=name, e=extra: export_trained(
-                student_hf if r == "student" else runs[r] / "hf",
-                work / "export-src" / r,
-                t,
-                n,
-                e,
-                keep_hf=r == "student",
-            ),
-            ("dagger-student",) if run == "student" else (),
+        hf = student_hf if run == "student" else runs[run] / "hf"
+
+        def export_stage() -> None:
+            export_trained(hf, work / "export-src" / run, target, name, extra, keep_hf=run == "student")
+
+        stage(f"export-{run}", [target / "model.onnx"], export_stage, deps)
+        return target
+
+    student_dir = export("student", STUDENT, plan.student, ("dagger-student",))
+    states: dict[str, Any] = {}
+    if plan.states:  # the final student drives fresh worlds; teacher and baseline learn its states
+        from exports.dagger import fine_tune_on_states, world_rollouts
+
+        kw = {"threads": plan.student.threads, "progress": progress}
+
+        def rollouts() -> list[Any]:  # a re-run loads the saved worlds
+            return world_rollouts(student_dir, data.spec, plan.states, work / "states", **kw)
+
+        states = stage(
+            "student-states", [work / "states"], lambda: {"examples": len(rollouts())}, ("dagger-student",)
         )
-        models[name] = target
+        for run in ("teacher", "dense"):
+            base, runs[run] = runs[run], work / f"{run}-states"
+
+            def refine_stage(b: Path = base, r: str = run) -> dict[str, Any]:
+                m = fine_tune_on_states(
+                    b / "hf", data, rollouts(), runs[r], plan.states, getattr(plan, r), **kw
+                )
+                return {"steps_done": m["steps_done"]}
+
+            stage(f"refine-{run}", [runs[run] / "hf"], refine_stage, ("student-states", TRAIN_STAGE[run]))
+    models: dict[str, Path] = {
+        TEACHER: export("teacher", TEACHER, plan.teacher, ("refine-teacher",)),
+        DENSE: export("dense", DENSE, plan.dense, ("refine-dense",)),
+        STUDENT: student_dir,
+    }
 
     heldout = data["heldout_persona"] + data["heldout_seed"]
     int8_dir = out_root / INT8
@@ -427,7 +473,7 @@ def build_models(
     cards = stage(
         "cards",
         [m / "model_card.json" for m in models.values()],
-        lambda: write_build_cards(plan, data, models, runs, int8, dagger),
+        lambda: write_build_cards(plan, data, models, runs, int8, dagger, states),
         deps=("export-teacher", "export-dense", "export-student", "quantize-student"),
     )
     return {"models": models, "ran": ran, "skipped": skipped, "cards": cards["cards"], "int8": int8}

@@ -341,8 +341,12 @@ def write_build_cards(
     runs: dict[str, Path],
     int8: dict[str, Any],
     dagger: dict[str, Any] | None = None,
+    states: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Measure each model a build exported (``exports.build``) in the runtime and write its card."""
+    """Measure each model a build exported (``exports.build``) in the runtime and write its card.
+
+    ``dagger`` is the DAgger stage's record (the student's rounds), ``states`` the student-states
+    stage's (the examples on which the teacher and the dense baseline were fine-tuned)."""
     from exports.build import DENSE, INT8, STUDENT, TEACHER
 
     configs = {
@@ -385,6 +389,12 @@ def write_build_cards(
             "refine": (
                 _rounds(plan.refining, (dagger or {}).get("refine"))
                 if run == "student" and plan.refining
+                else None
+            ),
+            # The teacher's and the baseline's fine-tuning on the final student's states.
+            "states": (
+                {**asdict(plan.states), "examples": (states or {}).get("examples")}
+                if run in ("teacher", "dense") and plan.states
                 else None
             ),
             "train_wall_s": metrics.get("wall_s_total"),

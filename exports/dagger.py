@@ -181,6 +181,104 @@ def rollout_examples(
     return out, {"match": match / max(total, 1), "decisions": total}
 
 
+def rollout_round(
+    model_dir: str | Path, spec: DatasetSpec, cfg: DaggerConfig, n: int, round_: int, **kw: Any
+) -> tuple[list[int], list[ActExample], dict[str, float]]:
+    """:func:`rollout_examples` of ``cfg`` on ``n`` fresh seeds of round ``round_``: the seeds,
+    the examples and the match record."""
+    seeds = fresh_seeds(spec, n, round_, cfg.seed)
+    new, info = rollout_examples(
+        model_dir,
+        spec,
+        seeds,
+        ticks=cfg.ticks,
+        sample_rate=cfg.sample_rate,
+        beta=cfg.beta,
+        seed=cfg.seed,
+        round_=round_,
+        **kw,
+    )
+    return seeds, new, info
+
+
+def rollout_fields(cfg: DaggerConfig) -> dict[str, Any]:
+    """What a rollout of :func:`world_rollouts` depends on (not the fine-tuning that follows)."""
+    return {k: getattr(cfg, k) for k in ("ticks", "sample_rate", "beta", "seed")} | {"design": ROLLOUTS}
+
+
+def world_rollouts(
+    model_dir: str | Path,
+    spec: DatasetSpec,
+    cfg: DaggerConfig,
+    work: Path,
+    *,
+    worlds: list[int] | None = None,
+    threads: int = 1,
+    progress: bool = True,
+) -> list[ActExample]:
+    """``cfg.worlds`` independent closed-loop rollouts of ``model_dir``, labelled by the expert.
+
+    Unlike a DAgger round's rollout (one sampling stream across its worlds), world ``w`` here is a
+    round of its own (:func:`fresh_seeds` and :func:`fresh_cast` keyed by ``w`` and ``cfg.seed``),
+    so each world's examples depend on nothing else: they are saved as ``work/world{w}.json`` when
+    it finishes, a re-run with the same model and :func:`rollout_fields` loads them (more worlds
+    extend them), and ``worlds`` (a subset) lets several processes share the work with the same
+    result.
+    """
+    from runtime.artifacts import sha256_file
+
+    # Worlds saved for another model or rollout design are stale.
+    source = {"model": sha256_file(Path(model_dir) / "model.onnx"), "rollouts": rollout_fields(cfg)}
+    marker = work / "source.json"
+    if work.exists() and (not marker.is_file() or json.loads(marker.read_text()) != source):
+        shutil.rmtree(work)
+    work.mkdir(parents=True, exist_ok=True)
+    marker.write_text(json.dumps(source))
+    out: list[ActExample] = []
+    for w in range(cfg.worlds) if worlds is None else worlds:
+        path = work / f"world{w}.json"
+        if not path.is_file():
+            seeds, new, info = rollout_round(model_dir, spec, cfg, 1, w, threads=threads, progress=progress)
+            record = {"seed": seeds[0], **info, "examples": [asdict(e) for e in new]}
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(record))
+            tmp.replace(path)
+        out += [ActExample(**e) for e in json.loads(path.read_text())["examples"]]
+    return out
+
+
+def fine_tune_on_states(
+    hf_dir: Path,
+    data: ActDataset,
+    examples: list[ActExample],
+    run_dir: Path,
+    cfg: DaggerConfig,
+    train_cfg: Any,
+    *,
+    threads: int = 1,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Fine-tune ``hf_dir`` on the training split plus ``examples`` (expert labels, cross-entropy):
+    ``cfg.steps`` steps from its weights with a fresh schedule, ``cfg.balance`` sampling and seed
+    ``cfg.seed`` — how the build refines the teacher and the dense baseline on the states the
+    final student visits (:func:`world_rollouts`). Returns the run's metrics."""
+    from exports.train import train
+
+    mix = ActDataset(data.spec, {**data.splits, "train": list(data["train"]) + list(examples)})
+    run_cfg = replace(
+        train_cfg,
+        steps=cfg.steps,
+        lr=cfg.lr,
+        balance=cfg.balance,
+        warmup=max(cfg.steps // 20, 1),
+        seed=cfg.seed,
+        init=str(hf_dir),
+        teacher=None,
+        threads=threads,
+    )
+    return train(run_cfg, mix, run_dir, tokenizer=hf_dir, resume=True, progress=progress)
+
+
 def run_dagger(
     student_hf: Path,
     data: ActDataset,
@@ -207,7 +305,6 @@ def run_dagger(
         model's held-out metrics.
     """
     from exports.onnx_export import export_model
-    from exports.train import train
     from runtime.artifacts import sha256_file
 
     current = Path(student_hf)
@@ -236,34 +333,21 @@ def run_dagger(
             if onnx_dir.exists():
                 shutil.rmtree(onnx_dir)
             export_model(current, onnx_dir, f"dagger-round{r}", last_token=True)
-            seeds = fresh_seeds(data.spec, cfg.worlds, r, cfg.seed)
-            new, info = rollout_examples(
-                onnx_dir,
-                data.spec,
-                seeds,
-                ticks=cfg.ticks,
-                sample_rate=cfg.sample_rate,
-                beta=cfg.beta,
-                seed=cfg.seed,
-                round_=r,
-                threads=threads,
-                progress=progress,
+            seeds, new, info = rollout_round(
+                onnx_dir, data.spec, cfg, cfg.worlds, r, threads=threads, progress=progress
             )
             added += new
             (rdir / "examples.json").write_text(json.dumps([asdict(e) for e in new]))
-            mix = ActDataset(data.spec, {**data.splits, "train": list(data["train"]) + added})
-            run_cfg = replace(
+            metrics = fine_tune_on_states(
+                current,
+                data,
+                added,
+                rdir / "run",
+                replace(cfg, seed=cfg.seed + r),
                 train_cfg,
-                steps=cfg.steps,
-                lr=cfg.lr,
-                balance=cfg.balance,
-                warmup=max(cfg.steps // 20, 1),
-                seed=cfg.seed + r,
-                init=str(current),
-                teacher=None,
                 threads=threads,
+                progress=progress,
             )
-            metrics = train(run_cfg, mix, rdir / "run", tokenizer=current, resume=True, progress=progress)
             record = {
                 "round": r,
                 "seeds": seeds,

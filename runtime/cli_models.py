@@ -72,6 +72,7 @@ def cmd_models_build(args: argparse.Namespace) -> int:
         threads=args.threads,
         dagger_rounds=args.dagger_rounds,
         refine_rounds=args.refine_rounds,
+        states_steps=args.states_steps,
         device=args.device,
         fresh_names=args.fresh_names,
         progress=True,
@@ -224,6 +225,13 @@ def add_models_parser(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="refining DAgger rounds after those: other fresh worlds, rare actions drawn more often "
         "(default: the plan's; 0: none)",
+    )
+    mb.add_argument(
+        "--states-steps",
+        type=int,
+        default=None,
+        help="fine-tuning steps of the teacher and the dense baseline on the final student's "
+        "closed-loop states, labelled by the expert (default: the plan's; 0: none)",
     )
     mb.add_argument(
         "--threads", type=int, default=None, help="torch threads for training (speed only; default 1)"

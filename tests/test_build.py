@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 
 import pytest
 
@@ -23,9 +24,12 @@ ALL_STAGES = [
     "train-dense",
     "distill-student",
     "dagger-student",
+    "export-student",
+    "student-states",
+    "refine-teacher",
+    "refine-dense",
     "export-teacher",
     "export-dense",
-    "export-student",
     "quantize-student",
     "cards",
 ]
@@ -77,6 +81,12 @@ def test_build_runs_every_stage_and_makes_three_carded_models(built):
     (record,) = refine["rounds_run"]
     assert record["seeds"] != dagger["rounds_run"][0]["seeds"]
     assert teacher["built"]["refine"] is None
+    # ...and the final student's own states, expert-labelled, refine the teacher and the baseline.
+    dense = json.loads((out / DENSE / "model_card.json").read_text())
+    for card in (teacher, dense):
+        states = card["built"]["states"]
+        assert states["examples"] > 0 and states["seed"] not in (dagger["seed"], refine["seed"])
+    assert student["built"]["states"] is None
     assert student["runtime"]["speedup_vs_teacher"] > 0 and "speedup_vs_teacher" not in teacher["runtime"]
     # The student carries its transformers weights (for the per-agent baseline), checksummed.
     from runtime.artifacts import hf_weights_dir
@@ -240,11 +250,34 @@ def test_refine_rounds_change_only_the_dagger_stage_and_what_follows():
     more = make_plan("full", refine_rounds=plan.refine.rounds + 1)
     a, b = plan.stage_keys(), more.stage_keys()
     changed = {k for k in a if a[k] != b[k]}
-    assert changed == {"dagger-student", "export-student", "quantize-student", "cards"}
+    student = {"dagger-student", "export-student", "quantize-student", "cards"}
+    # the teacher and the baseline learn the final student's states: they follow it
+    assert changed == student | {
+        "student-states",
+        "refine-teacher",
+        "refine-dense",
+        "export-teacher",
+        "export-dense",
+    }
     assert make_plan("full", refine_rounds=0).refine is None
     assert make_plan("full", dagger_rounds=0).refine is None  # no DAgger: nothing to refine
     with pytest.raises(ValueError, match="refine rounds"):
         make_plan("full", refine_rounds=-1)
+
+
+def test_states_steps_change_only_the_teacher_and_baseline_refining_and_what_follows():
+    plan = make_plan("full")
+    assert plan.states.worlds > 0 and plan.states.steps > 0 and plan.dense.steps == plan.teacher.steps
+    a, b = plan.stage_keys(), make_plan("full", states_steps=plan.states.steps + 1).stage_keys()
+    changed = {k for k in a if a[k] != b[k]}
+    assert changed == {"refine-teacher", "refine-dense", "export-teacher", "export-dense", "cards"}
+    # more rollout worlds redo the rollouts and both fine-tunings, not the student
+    c = replace(plan, states=replace(plan.states, worlds=plan.states.worlds + 1)).stage_keys()
+    assert {k for k in a if a[k] != c[k]} == changed | {"student-states"}
+    off = make_plan("full", states_steps=0)
+    assert off.states is None and "refine-teacher" not in off.stage_keys()
+    with pytest.raises(ValueError, match="states steps"):
+        make_plan("full", states_steps=-1)
 
 
 def test_models_build_command_defaults_to_the_user_models_dir(built, tmp_path, monkeypatch, capsys):
@@ -277,6 +310,8 @@ def test_models_build_command_defaults_to_the_user_models_dir(built, tmp_path, m
                 "0",
                 "--refine-rounds",
                 "2",
+                "--states-steps",
+                "5",
             ]
         )
         == 0
@@ -291,6 +326,7 @@ def test_models_build_command_defaults_to_the_user_models_dir(built, tmp_path, m
         "threads": None,
         "dagger_rounds": 0,
         "refine_rounds": 2,
+        "states_steps": 5,
         "device": None,
         "fresh_names": None,
         "progress": True,
@@ -313,14 +349,20 @@ def test_changed_run_redoes_only_what_depends_on_it(built, tmp_path):
         int8_min_agreement=0.0,
         progress=False,
     )
+    # The teacher and the baseline are refined on the student's states, so they follow it too.
     assert result["ran"] == [
         "distill-student",
         "dagger-student",
         "export-student",
+        "student-states",
+        "refine-teacher",
+        "refine-dense",
+        "export-teacher",
+        "export-dense",
         "quantize-student",
         "cards",
     ]
-    assert {"dataset", "tokenizer", "train-teacher", "train-dense", "export-teacher"} <= set(
+    assert {"dataset", "tokenizer", "train-teacher", "train-dense"} <= set(
         result["skipped"]
     )
     import torch
