@@ -431,7 +431,8 @@ def build_models(
             "student-states", [work / "states"], lambda: {"examples": len(rollouts())}, ("dagger-student",)
         )
         for run in ("teacher", "dense"):
-            base, runs[run] = runs[run], work / f"{run}-states"
+            base = runs[f"{run}-trained"] = runs[run]
+            runs[run] = work / f"{run}-states"
 
             def refine_stage(b: Path = base, r: str = run) -> dict[str, Any]:
                 m = fine_tune_on_states(

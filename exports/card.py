@@ -397,7 +397,12 @@ def write_build_cards(
                 if run in ("teacher", "dense") and plan.states
                 else None
             ),
-            "train_wall_s": metrics.get("wall_s_total"),
+            # training and, after it, the fine-tuning on the student's states
+            "train_wall_s": sum(
+                json.loads((d / "metrics.json").read_text()).get("wall_s_total") or 0.0
+                for d in (runs.get(f"{run}-trained"), runs[run])
+                if d is not None
+            ),
         }
         runtime = measure_decisions_per_s(model_dir, speed_prompts)
         if name == TEACHER:

@@ -86,6 +86,7 @@ def test_build_runs_every_stage_and_makes_three_carded_models(built):
     for card in (teacher, dense):
         states = card["built"]["states"]
         assert states["examples"] > 0 and states["seed"] not in (dagger["seed"], refine["seed"])
+        assert card["built"]["train_wall_s"] > 0  # the training and the fine-tuning on the states
     assert student["built"]["states"] is None
     assert student["runtime"]["speedup_vs_teacher"] > 0 and "speedup_vs_teacher" not in teacher["runtime"]
     # The student carries its transformers weights (for the per-agent baseline), checksummed.

@@ -26,3 +26,27 @@ def test_fresh_worlds_and_personas_are_in_no_split():
     assert not {p.name for p in fresh} & used
     assert not {tuple(sorted(p.traits.items())) for p in fresh} & heldout_traits
     assert fresh_cast(spec, 0, 0, 0) == casts[0]  # seeded
+
+
+def test_world_rollouts_are_saved_per_world_and_shareable(tmp_path):
+    """Each world is a rollout of its own: two processes taking half the worlds each get what one
+    gets; a re-run loads saved worlds; another rollout design does not reuse them."""
+    from dataclasses import asdict, replace
+    from pathlib import Path
+
+    import exports
+    from exports.dagger import DaggerConfig, world_rollouts
+
+    model = Path(exports.__file__).parent / "models" / "village-act"
+    spec = DatasetSpec()
+    cfg = DaggerConfig(rounds=1, worlds=2, ticks=2, sample_rate=1.0, seed=13)
+    whole = world_rollouts(model, spec, cfg, tmp_path / "a", progress=False)
+    second = world_rollouts(model, spec, cfg, tmp_path / "b", worlds=[1], progress=False)
+    first = world_rollouts(model, spec, cfg, tmp_path / "b", worlds=[0], progress=False)
+    assert whole and [asdict(e) for e in whole] == [asdict(e) for e in first + second]
+    assert len({e.world_seed for e in whole}) == 2 and all(e.split == "train" for e in whole)
+    saved = (tmp_path / "a" / "world0.json").stat().st_mtime_ns
+    assert world_rollouts(model, spec, cfg, tmp_path / "a", progress=False) == whole
+    assert (tmp_path / "a" / "world0.json").stat().st_mtime_ns == saved  # loaded, not re-run
+    longer = world_rollouts(model, spec, replace(cfg, ticks=3), tmp_path / "a", progress=False)
+    assert len(longer) > len(whole)  # another design: the saved worlds were dropped
