@@ -15,6 +15,7 @@ drawn from one seed, so two builds with the same plan give the same weights.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import shutil
@@ -424,7 +425,8 @@ def build_models(
 
         kw = {"threads": plan.student.threads, "progress": progress}
 
-        def rollouts() -> list[Any]:  # a re-run loads the saved worlds
+        @functools.cache
+        def rollouts() -> list[Any]:  # rolled out (or loaded from a re-run's saved worlds) once
             return world_rollouts(student_dir, data.spec, plan.states, work / "states", **kw)
 
         states = stage(
