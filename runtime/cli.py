@@ -366,7 +366,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="a distilled talk model (name or directory) to run the same workload on",
     )
     talk.add_argument(
-        "--variants", default=None, help="comma list of hf_per_agent,hf_batched,runtime (default: all)"
+        "--variants",
+        default=None,
+        help="comma list of hf_per_agent,hf_batched,runtime,runtime_q8 (default: all; runtime_q8 "
+        "quantizes the model once into the user models directory)",
     )
     talk.add_argument(
         "--threads",

@@ -48,6 +48,21 @@ def cmd_models_import(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_models_quantize(args: argparse.Namespace) -> int:
+    from exports.quantize import quantized_copy
+    from runtime.artifacts import load_model_dir
+
+    src = resolve_model(args.name)
+    with console.status(f"quantizing {args.name} ({args.method})…"):
+        dst = quantized_copy(src, args.method, models_dir=args.out)
+    art = load_model_dir(dst)
+    size = sum(f.stat().st_size for f in dst.iterdir() if f.is_file()) / 2**20
+    console.print(
+        f"[green]ready:[/green] {art.name} ({size:.1f} MiB) at {dst}  (use it with --model {art.name})"
+    )
+    return 0
+
+
 def cmd_models_build(args: argparse.Namespace) -> int:
     from exports.build import build_models
     from runtime.bench.common import print_table
@@ -202,6 +217,20 @@ def add_models_parser(sub: argparse._SubParsersAction) -> None:
     mi.add_argument("--out", default=None, help="target directory (default: the user models directory)")
     mi.add_argument("--force", action="store_true", help="rebuild even if already imported")
     mi.set_defaults(fn=cmd_models_import)
+    mq = msub.add_parser("quantize", help="an int8 copy of an installed model (in the user models directory)")
+    mq.add_argument("name", help="model name or directory")
+    mq.add_argument(
+        "--method",
+        choices=["int8-block32", "int8-dynamic"],
+        default="int8-block32",
+        help="int8-block32: weights in blocks of 32, computed in int8 (keeps a pretrained LM's words; "
+        "named NAME-q8); int8-dynamic: one scale per tensor, activations per batch (the small act "
+        "models; named NAME-int8)",
+    )
+    mq.add_argument(
+        "--out", default=None, help="models directory to write to (default: the user models directory)"
+    )
+    mq.set_defaults(fn=cmd_models_quantize)
     mb = msub.add_parser(
         "build", help="rebuild the act models: data, teacher, baseline, student, export, cards"
     )

@@ -82,16 +82,26 @@ def _check(data: dict, variants: set[str], agents: int, rounds: int) -> None:
     assert data["machine"]["cpus"] >= 1
 
 
-def test_bench_talk_quick_on_a_tiny_model(tiny_models, tmp_path):
+def test_bench_talk_quick_on_a_tiny_model(tiny_models, tmp_path, monkeypatch):
+    monkeypatch.setenv("MURMURATE_MODELS", str(tmp_path / "models"))  # where the quantized copy goes
     out = tmp_path / "talk.json"
     model = str(tiny_models["llama"])
     assert cli_main(["bench", "talk", "--quick", "--model", model, "--rounds", "2", "--json", str(out)]) == 0
     data = json.loads(out.read_text())
-    _check(data, {"hf_per_agent", "hf_batched", "runtime"}, agents=4, rounds=2)
+    _check(data, {"hf_per_agent", "hf_batched", "runtime", "runtime_q8"}, agents=4, rounds=2)
     for name, v in data["variants"].items():
+        if name == "runtime_q8":  # other arithmetic: its words are compared, not required equal
+            assert 0.0 <= v["same_output_as_hf"] <= 1.0 and v["vs_runtime"] > 0
+            assert v["model"].endswith("-q8") and v["model"] != data["model"]
+            continue
         # greedy decoding of the same prompts: the same tokens whichever way they were served
         assert v["same_output_as_hf"] == 1.0, name
         assert v["tokens"] == data["variants"]["hf_per_agent"]["tokens"], name
+    # the quantized copy was made once, in the user models directory, and is found there by name
+    from runtime.registry import find_model
+
+    q = find_model(data["variants"]["runtime_q8"]["model"])
+    assert q is not None and q.parent == tmp_path / "models"
     # round 2 reuses the shared system text and every persona from round 1
     assert data["variants"]["runtime"]["prefix_hit_ratio"] >= 0.5
     assert data["student"] is None
@@ -132,7 +142,7 @@ def test_bench_talk_quick_on_smollm2(tmp_path):
     # one thread each: on a busy 2-core machine torch's two-thread kernels crawl
     assert cli_main(["bench", "talk", "--quick", "--threads", "1", "--json", str(out)]) == 0
     data = json.loads(out.read_text())
-    _check(data, {"hf_per_agent", "hf_batched", "runtime"}, agents=4, rounds=1)
+    _check(data, {"hf_per_agent", "hf_batched", "runtime", "runtime_q8"}, agents=4, rounds=1)
     assert data["model"] == "smollm2-135m"
     assert data["variants"]["runtime"]["same_output_as_hf"] >= 0.75  # fp32 ORT vs torch: rare near-ties
     assert any(s["text"] for s in data["samples"])

@@ -75,9 +75,34 @@ def machine_info() -> dict[str, Any]:
         torch_info = {}
     return {
         "cpus": os.cpu_count(),
+        **cpu_model(),
         "platform": platform.platform(),
         "onnxruntime": onnxruntime.__version__,
         **torch_info,
         # the machine is shared: the load during the run says how much the numbers can be trusted
         "load_avg_1m": os.getloadavg()[0],
     }
+
+
+# Instruction sets that decide how fast ONNX Runtime's kernels run (int8 GEMMs above all).
+_ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_int8")
+
+
+def cpu_model() -> dict[str, Any]:
+    """The CPU's model name and the vector instruction sets it has (Linux; empty elsewhere).
+
+    Two VMs sold as "2 vCPUs" can differ by 2× on int8 work (AVX-512 VNNI or not): the numbers of
+    a benchmark mean little without them.
+    """
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return {}
+    fields: dict[str, str] = {}
+    for line in text.splitlines():
+        if not line.strip():
+            break  # the first processor is enough
+        key, _, value = line.partition(":")
+        fields[key.strip()] = value.strip()
+    flags = set(fields.get("flags", "").split())
+    return {"cpu": fields.get("model name"), "isa": [f for f in _ISA_FLAGS if f in flags]}

@@ -19,6 +19,9 @@ tokenization, generation, decoding). Variants:
 - ``hf_batched`` — transformers ``generate`` on one left-padded batch per round;
 - ``runtime`` — murmurate's engine, continuous batcher and radix prefix cache, each round's agents in
   one :meth:`~runtime.batcher.Batcher.run` (the cache lives across rounds);
+- ``runtime_q8`` — the same on the model's int8 copy (weights in blocks of 32 with a scale each,
+  computed in int8: :data:`exports.quantize.BLOCKWISE`, made once in the user models directory):
+  not the same arithmetic, so ``same_output_as_hf`` says how far its words stray from the fp32 model's;
 - ``student`` (with ``student=``) — the same workload in the runtime on a distilled talk model:
   what distillation buys over SmolLM2.
 
@@ -58,7 +61,7 @@ from runtime.bench.conversation import (  # noqa: F401 - the workload is part of
 )
 
 DEFAULT_MODEL = "smollm2-135m"
-VARIANTS: tuple[str, ...] = ("hf_per_agent", "hf_batched", "runtime")
+VARIANTS: tuple[str, ...] = ("hf_per_agent", "hf_batched", "runtime", "runtime_q8")
 
 
 # ---- model resolution ---------------------------------------------------------------------------
@@ -280,8 +283,13 @@ def run_talk_bench(
                 rounds = converse(cast, w, _hf_serve(hf, tok, w.new_tokens, batched), tok.decode, walls)
                 record(name, art.name, walls, rounds, None)
             else:
-                hit, walls, rounds = _run_runtime(art, tok, w, cast, warm_cast, warm, threads)
-                record(name, art.name, walls, rounds, hit)
+                run_art = art
+                if name == "runtime_q8":
+                    from exports.quantize import BLOCKWISE, quantized_copy
+
+                    run_art = load_model_dir(quantized_copy(art.path, BLOCKWISE, console=console))
+                hit, walls, rounds = _run_runtime(run_art, tok, w, cast, warm_cast, warm, threads)
+                record(name, run_art.name, walls, rounds, hit)
             decoders[name] = tok.decode
     del hf
     # report in the usual order whatever the run order
@@ -298,10 +306,13 @@ def run_talk_bench(
         else None
     )
     rows = []
+    several_models = len({v["model"] for v in out.values()}) > 1
     for name, v in out.items():
         v["vs_hf_per_agent"] = v["tokens_per_s"] / base if base else None
         v["vs_hf_batched"] = v["tokens_per_s"] / batched if batched else None
-        v["vs_runtime"] = v["tokens_per_s"] / teacher if teacher and name == "student" else None
+        v["vs_runtime"] = (
+            v["tokens_per_s"] / teacher if teacher and name in ("student", "runtime_q8") else None
+        )
         # another model's words are not expected to match SmolLM2's: agreement only for the same model
         same_model = name != "student"
         v["same_output_as_hf"] = (
@@ -310,7 +321,7 @@ def run_talk_bench(
         rows.append(
             [
                 name,
-                *([v["model"]] if student is not None else []),  # one model: named in the header
+                *([v["model"]] if several_models else []),  # one model: named in the header
                 v["tokens"],
                 v["tokens_per_s"],
                 v["wall_s"],
@@ -330,7 +341,7 @@ def run_talk_bench(
         "× batched",
         "same as hf",
     ]
-    if student is not None:
+    if several_models:
         columns.insert(1, "model")
     print_table(
         console,
@@ -338,6 +349,17 @@ def run_talk_bench(
         columns,
         rows,
     )
+    if "runtime_q8" in out and teacher:
+        q = out["runtime_q8"]
+        same = q["same_output_as_hf"]
+        console.print(
+            f"what int8 weights buy: {q['tokens_per_s']:.1f} tokens/s = {q['vs_runtime']:.2f}× the fp32 model in the runtime"
+            + (
+                f"; {same:.0%} of its utterances identical to transformers' fp32 ones"
+                if same is not None
+                else ""
+            )
+        )
     if "student" in out and teacher:
         console.print(
             f"what distillation buys: {out['student']['model']} {out['student']['tokens_per_s']:.1f} tokens/s "
