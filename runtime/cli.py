@@ -48,6 +48,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         event_log=out / "events.jsonl",
         world_name=args.world,
     )
+    from runtime.process import quiet_gc
+
+    quiet_gc()  # the world and the scheduler are built: a long-lived process from here on
     try:
         if headless:
             _run_headless(sim, args, out)

@@ -39,6 +39,9 @@ class WorkerConfig:
         verify: check file checksums on load.
         numpy_hugepages: let numpy back large arrays with transparent huge pages in this process
             (off by default: see :func:`runtime.engine.set_numpy_hugepages`).
+        gc_threshold: allocations between young-generation garbage collections in this process,
+            whose state is frozen once loaded (:func:`runtime.process.quiet_gc`; 0 keeps Python's
+            defaults).
     """
 
     model_dir: str
@@ -51,6 +54,7 @@ class WorkerConfig:
     cache_policy: str = "lfu"
     verify: bool = True
     numpy_hugepages: bool = False
+    gc_threshold: int = 20_000
     extra: dict = field(default_factory=dict)
 
 
@@ -88,6 +92,10 @@ class ModelWorkerImpl:
         self.cfg = cfg
         self.worker_id = worker_id
         self.batcher = build_batcher(cfg)
+        if cfg.gc_threshold:
+            from runtime.process import quiet_gc
+
+            quiet_gc(cfg.gc_threshold)
         self.name = cfg.name or self.batcher.engine.artifacts.name
         self._inbox: queue.Queue = queue.Queue()
         self._stop = threading.Event()

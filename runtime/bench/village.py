@@ -5,7 +5,8 @@ trades and talk, as in a run under way: a fresh village's first prompts are shor
 the village runs with the model brain (one warm-up tick, then ``ticks`` timed ticks; no rendering)
 and reports ticks/s, decisions/s, prompt and generated tokens/s, prefix hit
 ratio, p50/p99 decision latency, the share of wall time spent outside the engine (scheduling, Ray,
-prompt building, parsing, world step) and peak RSS (driver + workers).
+prompt building, parsing, world step, waiting: every moment a worker's batcher is not working), the
+share in the batchers' own Python (the engine outside ONNX Runtime), and peak RSS (driver + workers).
 
 At one agent count the same tick is also served by the baselines, in the same run:
 ``per_agent_hf`` (each agent's prompt sent alone to transformers ``generate`` — how agent
@@ -83,11 +84,13 @@ def _world(n: int, cfg: VillageBenchConfig):
 def _run_count(n: int, name: str, serve_name: str, scheduler, cfg: VillageBenchConfig) -> dict:
     """Warm-up tick, then ``cfg.ticks`` timed ticks of an ``n``-agent village."""
     from agents.mind import ModelBrain
+    from runtime.process import quiet_gc
     from runtime.simulation import Simulation
 
     world = _world(n, cfg)
     sim = Simulation(world, ModelBrain(world, model=serve_name), scheduler.generate, world_name="village")
     sim.step()  # warm-up: grammar compilation, cold prefix cache
+    quiet_gc()  # as `murmurate run` does once its world and scheduler are built
     before = _worker_seconds(scheduler)
     ms = [sim.step() for _ in range(cfg.ticks)]
     engine_s, worker_s = (b - a for a, b in zip(before, _worker_seconds(scheduler)))
@@ -108,9 +111,14 @@ def _run_count(n: int, name: str, serve_name: str, scheduler, cfg: VillageBenchC
         "prefix_hit_ratio": sum(m.cached_tokens for m in ms) / prompt if prompt else None,
         "p50_ms": float(np.percentile(lat, 50)),
         "p99_ms": float(np.percentile(lat, 99)),
-        "overhead_share": max(0.0, 1.0 - engine_s / (wall * max(1, cfg.workers))),
-        # of which: the workers' own Python (batching, KV copies, sampling, constraints, tokenizing)
+        # outside the serving engine (the workers' batchers, ONNX Runtime included): the driver's
+        # scheduling, prompt building, parsing and world step, Ray, and workers waiting for work
+        "overhead_share": max(0.0, 1.0 - worker_s / (wall * max(1, cfg.workers))),
+        # inside the engine but outside ONNX Runtime: the batchers' Python (batching, KV copies,
+        # sampling, constraints, tokenizing)
         "worker_python_share": max(0.0, (worker_s - engine_s) / (wall * max(1, cfg.workers))),
+        # the two together: every moment a worker was not inside ONNX Runtime
+        "outside_ort_share": max(0.0, 1.0 - engine_s / (wall * max(1, cfg.workers))),
         "peak_rss_mb": peak_rss_mb() + sum(s["peak_rss_mb"] for s in stats),
         "fallbacks": sum(m.fallbacks for m in ms),
         "ms_per_decision": 1000 * wall / max(decisions, 1),
@@ -195,7 +203,8 @@ def run_village_bench(
             "p50 ms",
             "p99 ms",
             "outside engine",
-            "in workers",
+            "batcher Python",
+            "outside ORT",
             "peak RSS MB",
         ],
         [
@@ -210,6 +219,7 @@ def run_village_bench(
                 r["p99_ms"],
                 r["overhead_share"],
                 r["worker_python_share"],
+                r["outside_ort_share"],
                 r["peak_rss_mb"],
             ]
             for r in runs
