@@ -115,6 +115,36 @@ def test_sparse_moe_matches_torch_prefill_and_decode(tiny_models, sparse_moe):
     assert np.abs(theirs[1][0] - theirs[1][1]).max() > 0.1
 
 
+def test_all_experts_reference_matches_torch_and_computes_every_expert(tiny_models, tmp_path):
+    """The dense reference (every expert on every token, weighted by the same top-k) that the
+    sparse graph is timed against in ``bench-moe``."""
+    from exports.moe_dense import densify_moe
+
+    src = tiny_models["qwen3_moe"]
+    config = json.loads((src / "config.json").read_text())
+    path = tmp_path / "dense.onnx"
+    assert densify_moe(src / "model.onnx", path) == config["num_hidden_layers"]
+    ops = [n.op_type for n in onnx.load(str(path)).graph.node]
+    assert "NonZero" not in ops and "MoE" not in ops  # no per-expert gathering: all of them, dense
+    wide = [
+        i for i in onnx.load(str(path)).graph.initializer if i.name.startswith("dense_moe.0.w")
+    ]  # every expert's gate, up and down in one matrix each
+    assert {tuple(i.dims) for i in wide} == {
+        (config["hidden_size"], config["num_experts"] * config["moe_intermediate_size"]),
+        (config["num_experts"] * config["moe_intermediate_size"], config["hidden_size"]),
+    }
+    ids, mask = _prompts(config["vocab_size"])
+    next_ids = np.array([[5], [9], [11]], np.int64)
+    ours = _ort_prefill_then_decode(path, config, ids, mask, next_ids)
+    theirs = _torch_prefill_then_decode(src.parent / "hf", ids, mask, next_ids)
+    valid = mask.astype(bool)
+    assert np.abs(ours[0][valid] - theirs[0][valid]).max() <= 1e-3
+    assert np.abs(ours[1] - theirs[1]).max() <= 1e-3
+    assert interface(onnx.load(str(path), load_external_data=False)) == interface(
+        onnx.load(str(src / "model.onnx"), load_external_data=False)
+    )
+
+
 def test_sparse_moe_keeps_the_kv_interface(tiny_models, sparse_moe):
     path, _, _ = sparse_moe
     before = onnx.load(str(tiny_models["qwen3_moe"] / "model.onnx"), load_external_data=False)
