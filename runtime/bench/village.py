@@ -288,7 +288,7 @@ def plot_village(result: dict, path: str | Path) -> None:
 
     runs = result["runs"]
     xs = [r["agents"] for r in runs]
-    fig, ax = plt.subplots(figsize=(7.5, 4.5), dpi=120)
+    fig, ax = plt.subplots(figsize=(7.5, 5.0), dpi=120)
     ax.plot(
         xs, [r["decisions_per_s"] for r in runs], "o-", color="#2a7ab0", label="murmurate (runtime_cache)"
     )
@@ -311,7 +311,16 @@ def plot_village(result: dict, path: str | Path) -> None:
     ax2.set_ylabel("p99 decision latency (ms)")
     lines = ax.get_legend_handles_labels()
     lines2 = ax2.get_legend_handles_labels()
-    ax.legend(lines[0] + lines2[0], lines[1] + lines2[1], loc="upper left", fontsize=8)
+    # below the axes: inside, it covers the smallest agent count's points whatever the corner
+    ax.legend(
+        lines[0] + lines2[0],
+        lines[1] + lines2[1],
+        loc="upper center",
+        bbox_to_anchor=(0.5, -0.16),
+        ncol=3,
+        fontsize=8,
+        frameon=False,
+    )
     ax.set_title(f"village · {result['model']}")
     ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
