@@ -25,15 +25,15 @@ def cmd_models_list(args: argparse.Namespace) -> int:
                     m.get("architecture"),
                     m.get("parameters"),
                     m.get("active_parameters"),
+                    m.get("quantized") or "fp32",
                     "ok",
                     str(path),
                 ]
             )
         except ModelError as e:
-            rows.append([name, "?", None, None, f"broken: {e}", str(path)])
-    print_table(
-        console, "installed models", ["name", "architecture", "parameters", "active", "status", "path"], rows
-    )
+            rows.append([name, "?", None, None, None, f"broken: {e}", str(path)])
+    columns = ["name", "architecture", "parameters", "active", "weights", "status", "path"]
+    print_table(console, "installed models", columns, rows)
     if not rows:
         console.print("no models installed; searched: " + ", ".join(str(p) for p in search_path()))
     return 0

@@ -83,7 +83,8 @@ def test_models_quantize_cli_writes_a_named_copy_that_models_list_finds(
     assert cli_main(["models", "quantize", str(src)]) == 0
     assert f"{name}-q8" in capsys.readouterr().out
     assert cli_main(["models", "list"]) == 0
-    assert f"{name}-q8" in capsys.readouterr().out
+    listing = capsys.readouterr().out
+    assert f"{name}-q8" in listing and "int8-block32" in listing  # the weights column says how
     assert cli_main(["models", "quantize", str(src), "--method", "int8-dynamic"]) == 0
     art = load_model_dir(tmp_path / "models" / f"{name}-int8")
     assert art.manifest["quantized"] == QUANTIZED and art.manifest["quantized_from"] == name
