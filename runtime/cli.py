@@ -14,7 +14,7 @@ import os
 import sys
 from pathlib import Path
 
-from runtime.cli_common import console, has_display, resolve_model
+from runtime.cli_common import auto_worker_cpus, auto_workers, console, has_display, resolve_model
 from runtime.cli_models import add_models_parser
 
 DEFAULT_MODEL = "village-act"
@@ -85,12 +85,10 @@ def _model_scheduler(args: argparse.Namespace):
             ) from None
         raise
     names = [load_model_dir(d).name for d in dirs]
+    workers = args.workers or auto_workers()
+    cpus = args.worker_cpus or auto_worker_cpus(workers, len(dirs))
     specs = [
-        ModelSpec(
-            WorkerConfig(str(d), name=n, threads=args.threads),
-            replicas=args.workers,
-            num_cpus=args.worker_cpus,
-        )
+        ModelSpec(WorkerConfig(str(d), name=n, threads=args.threads), replicas=workers, num_cpus=cpus)
         for d, n in zip(dirs, names)
     ]
     cascades = []
@@ -99,7 +97,8 @@ def _model_scheduler(args: argparse.Namespace):
         served = f"{names[0]}>{names[1]}"
         cascades.append(Cascade(served, student=names[0], teacher=names[1], threshold=args.threshold))
     console.print(
-        f"starting {args.workers} worker(s) per model for [bold]{served}[/bold] ({', '.join(map(str, dirs))})"
+        f"starting {workers} worker(s) per model ({args.threads or 'all'} thread(s), {cpus:g} CPU reserved "
+        f"each) for [bold]{served}[/bold] ({', '.join(map(str, dirs))})"
     )
     from runtime.scheduler import ray_cluster
 
@@ -190,7 +189,7 @@ def cmd_bench_village(args: argparse.Namespace) -> int:
         teacher=None if args.no_teacher else args.teacher,
         baseline_agents=10 if args.quick else args.baseline_agents,
         hf_sample=4 if args.quick else args.hf_sample,
-        workers=args.workers,
+        workers=args.workers or auto_workers(),
         threads=args.threads,
         cache_mb=args.cache_mb,
     )
@@ -280,11 +279,18 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--record", default=None, help="recording path (.mp4 or .gif) for headless runs")
     run.add_argument("--fps", type=float, default=8.0, help="recording frame rate")
     run.add_argument("--out", default=None, help="output directory (default runs/<world>-seed<S>)")
-    run.add_argument("--workers", type=int, default=1, help="model worker replicas")
     run.add_argument(
-        "--worker-cpus", type=float, default=1.0, help="CPUs each worker reserves in Ray (fractions allowed)"
+        "--workers", type=int, default=0, help="model worker replicas (default: one per core, at most 8)"
     )
-    run.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads per worker (0: all cores)")
+    run.add_argument(
+        "--worker-cpus",
+        type=float,
+        default=0.0,
+        help="CPUs each worker reserves in Ray, fractions allowed (default: the cores shared among the workers)",
+    )
+    run.add_argument(
+        "--threads", type=int, default=1, help="ONNX Runtime threads per worker (default 1; 0: all cores)"
+    )
     run.add_argument("--ray-address", default=None, help="join this Ray cluster instead of starting one")
     run.set_defaults(fn=cmd_run)
 
@@ -328,8 +334,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--baseline-agents", type=int, default=100, help="agent count of the baselines (0: none)"
     )
     village.add_argument("--hf-sample", type=int, default=16, help="agents timed for per_agent_hf")
-    village.add_argument("--workers", type=int, default=1)
-    village.add_argument("--threads", type=int, default=0)
+    village.add_argument(
+        "--workers", type=int, default=0, help="model worker replicas (default: one per core, at most 8)"
+    )
+    village.add_argument(
+        "--threads", type=int, default=1, help="ONNX Runtime threads per worker (default 1; 0: all cores)"
+    )
     village.add_argument(
         "--cache-mb", type=int, default=768, help="radix-cache budget per worker, MiB (default 768)"
     )

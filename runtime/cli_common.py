@@ -34,3 +34,23 @@ def resolve_model(spec: str) -> Path:
             f"--model {spec!r}: no such directory and no installed model of that name (see `murmurate models list`)"
         )
     return found
+
+
+MAX_AUTO_WORKERS = 8
+
+
+def auto_workers() -> int:
+    """Model workers when none are asked for: one single-threaded worker per core, at most 8.
+
+    These models' matrices are small, so ONNX Runtime's intra-op threads gain little, while separate
+    worker processes each keep a core busy: on 2 cores, one 2-thread worker served a 1,000-agent
+    village at 388 decisions/s and two 1-thread workers at 679 (a 300-agent run 578 → 799).
+    """
+    return max(1, min(MAX_AUTO_WORKERS, os.cpu_count() or 1))
+
+
+def auto_worker_cpus(workers: int, models: int) -> float:
+    """CPUs each worker reserves in Ray so that ``workers`` replicas of ``models`` models fit this
+    machine's cores (a reservation Ray cannot grant would leave the workers waiting forever)."""
+    cores = os.cpu_count() or 1
+    return max(0.05, min(1.0, cores / max(1, workers * models)))

@@ -120,7 +120,8 @@ def run_score_bench(cfg: ScoreBenchConfig, *, json_path: str | None = None, cons
         name = f"{models[0][0]}>{models[1][0]}"
         cascades.append(Cascade(name, student=models[0][0], teacher=models[1][0], threshold=cfg.threshold))
         served[f"cascade@{cfg.threshold:g}"] = name
-    vcfg = VillageBenchConfig(model=cfg.model, threads=cfg.threads)
+    # one worker, as the published scores were measured (the score does not depend on speed)
+    vcfg = VillageBenchConfig(model=cfg.model, threads=cfg.threads, workers=1)
     with _scheduler(models, cache=True, cfg=vcfg, cascades=cascades) as sched:
         for label, name in served.items():
             rows = []

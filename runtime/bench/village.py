@@ -17,7 +17,7 @@ simulators call a model once per agent), ``runtime_no_cache``, ``runtime_cache``
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +25,7 @@ from rich.console import Console
 
 from runtime.artifacts import hf_weights_dir
 from runtime.bench.common import print_table, write_json
+from runtime.cli_common import auto_workers
 
 
 @dataclass
@@ -36,8 +37,8 @@ class VillageBenchConfig:
     teacher: str | None = "village-act-teacher"
     baseline_agents: int = 100
     hf_sample: int = 16  # per-agent transformers calls timed (it is slow; the rate extrapolates)
-    workers: int = 1
-    threads: int = 0
+    workers: int = field(default_factory=auto_workers)  # one single-threaded worker per core, at most 8
+    threads: int = 1
     cache_mb: int = 768  # radix-cache budget per worker (10k agents: 1024 buys no hit ratio, 530 MiB more)
     seed: int = 0
     cascade_threshold: float = 0.9
