@@ -177,6 +177,7 @@ def test_bench_village_quick_writes_json_and_plot(ray_session, tiny_models, tmp_
         assert r["outside_ort_share"] == pytest.approx(r["overhead_share"] + r["worker_python_share"], abs=0.05)
     assert set(data["baselines"]) == {"per_agent_hf", "runtime_no_cache", "runtime_cache", "cascade"}
     assert data["baselines"]["per_agent_hf"]["vs_per_agent_hf"] == 1.0
+    assert data["machine"]["cpus"] >= 1 and "onnxruntime" in data["machine"]
     assert (tmp_path / "bv.png").stat().st_size > 10_000
 
 

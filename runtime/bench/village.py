@@ -24,7 +24,7 @@ import numpy as np
 from rich.console import Console
 
 from runtime.artifacts import hf_weights_dir
-from runtime.bench.common import print_table, write_json
+from runtime.bench.common import machine_info, print_table, write_json
 from runtime.cli_common import auto_workers
 
 
@@ -272,6 +272,7 @@ def run_village_bench(
         "runs": runs,
         "baselines": baselines,
         "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.__dict__.items()},
+        "machine": machine_info(),
     }
     write_json(json_path, result)
     if plot_path:
