@@ -192,6 +192,7 @@ def cmd_bench_village(args: argparse.Namespace) -> int:
         workers=args.workers or auto_workers(),
         threads=args.threads,
         cache_mb=args.cache_mb,
+        repeat=args.repeat,
     )
     run_village_bench(cfg, args.json, args.plot, console=console)
     return 0
@@ -342,6 +343,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     village.add_argument(
         "--cache-mb", type=int, default=768, help="radix-cache budget per worker, MiB (default 768)"
+    )
+    village.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="runs per agent count, each on its own seed; the table and JSON give medians (default 1)",
     )
     village.add_argument("--quick", action="store_true", help="10 and 50 agents, one tick (smoke test)")
     village.add_argument("--json", default=None)

@@ -174,11 +174,45 @@ def test_bench_village_quick_writes_json_and_plot(ray_session, tiny_models, tmp_
         # outside the engine + the batchers' Python = outside ONNX Runtime (each share clipped at 0)
         parts = (r["overhead_share"], r["worker_python_share"], r["outside_ort_share"])
         assert all(0 <= x <= 1 for x in parts)
-        assert r["outside_ort_share"] == pytest.approx(r["overhead_share"] + r["worker_python_share"], abs=0.05)
+        assert r["outside_ort_share"] == pytest.approx(
+            r["overhead_share"] + r["worker_python_share"], abs=0.05
+        )
     assert set(data["baselines"]) == {"per_agent_hf", "runtime_no_cache", "runtime_cache", "cascade"}
     assert data["baselines"]["per_agent_hf"]["vs_per_agent_hf"] == 1.0
     assert data["machine"]["cpus"] >= 1 and "onnxruntime" in data["machine"]
     assert (tmp_path / "bv.png").stat().st_size > 10_000
+
+
+def test_bench_village_repeat_reports_medians_and_the_spread(ray_session, tiny_models, tmp_path):
+    from runtime.bench.village import median_run
+
+    out = tmp_path / "bv.json"
+    args = [
+        "bench",
+        "village",
+        "--quick",
+        "--baseline-agents",
+        "0",
+        "--repeat",
+        "2",
+        "--plot",
+        str(tmp_path / "bv.png"),
+    ]
+    assert cli_main([*args, "--model", str(tiny_models["qwen3"]), "--json", str(out)]) == 0
+    data = json.loads(out.read_text())
+    for r in data["runs"]:
+        rates = [x["decisions_per_s"] for x in r["repeats"]]
+        assert len(rates) == 2 and r["decisions_per_s_range"] == [min(rates), max(rates)]
+        assert min(rates) <= r["decisions_per_s"] <= max(rates)
+    runs = [
+        {"agents": 5, "decisions_per_s": x, "p99_ms": 10 * x, "prefix_hit_ratio": None}
+        for x in (1.0, 3.0, 2.0)
+    ]
+    m = median_run(runs)
+    assert (m["agents"], m["decisions_per_s"], m["p99_ms"]) == (5, 2.0, 20.0)
+    assert m["prefix_hit_ratio"] is None and m["decisions_per_s_range"] == [1.0, 3.0]
+    assert median_run(runs[:1]) is runs[0]  # one run stays as it is
+    assert (tmp_path / "bv.png").stat().st_size > 10_000  # with the runs' spread as error bars
 
 
 def test_bench_serve_quick_four_variants(tiny_models, tmp_path):

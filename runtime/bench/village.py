@@ -17,7 +17,7 @@ simulators call a model once per agent), ``runtime_no_cache``, ``runtime_cache``
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +42,7 @@ class VillageBenchConfig:
     cache_mb: int = 768  # radix-cache budget per worker (10k agents: 1024 buys no hit ratio, 530 MiB more)
     seed: int = 0
     cascade_threshold: float = 0.9
+    repeat: int = 1  # runs per agent count, each on its own seed (seed, seed + 1, ...); medians reported
 
 
 def _scheduler(models: list[tuple[str, Path]], cache: bool, cfg: VillageBenchConfig, cascades=None):
@@ -126,6 +127,22 @@ def _run_count(n: int, name: str, serve_name: str, scheduler, cfg: VillageBenchC
     }
 
 
+def median_run(reps: list[dict]) -> dict:
+    """One agent count's runs as one: the median of every measured number, each run kept in
+    ``repeats`` and the spread of decisions/s in ``decisions_per_s_range`` (with two runs or more)."""
+    if len(reps) == 1:
+        return reps[0]
+    out = {}
+    for key, value in reps[0].items():
+        values = [r[key] for r in reps]
+        numeric = isinstance(value, (int, float)) and None not in values and key not in ("agents", "ticks")
+        out[key] = float(np.median(values)) if numeric else value
+    rates = [r["decisions_per_s"] for r in reps]
+    out["decisions_per_s_range"] = [min(rates), max(rates)]
+    out["repeats"] = reps
+    return out
+
+
 def _worker_seconds(scheduler) -> tuple[float, float]:
     """Seconds all workers spent in the engine, and in their batchers (engine included)."""
     stats = scheduler.worker_stats()
@@ -182,15 +199,22 @@ def run_village_bench(
     from runtime.artifacts import load_model_dir
 
     student = load_model_dir(student_dir).name
+    if cfg.repeat < 1:
+        raise ValueError(f"repeat must be at least 1, not {cfg.repeat}")
     runs = []
     with _scheduler([(student, student_dir)], cache=True, cfg=cfg) as sched:
         for n in cfg.counts:
-            with console.status(f"{n} agents…"):
-                r = _run_count(n, student, student, sched, cfg)
-            console.print(
-                f"  {n:>6} agents: {r['decisions_per_s']:8.1f} decisions/s, p99 {r['p99_ms']:.0f} ms, hit {r['prefix_hit_ratio'] or 0:.2f}"
-            )
-            runs.append(r)
+            reps = []
+            for rep in range(cfg.repeat):
+                with console.status(f"{n} agents (run {rep + 1} of {cfg.repeat})…"):
+                    r = _run_count(n, student, student, sched, replace(cfg, seed=cfg.seed + rep))
+                console.print(
+                    f"  {n:>6} agents: {r['decisions_per_s']:8.1f} decisions/s, p99 {r['p99_ms']:.0f} ms, "
+                    f"hit {r['prefix_hit_ratio'] or 0:.2f}"
+                    + (f" (seed {cfg.seed + rep})" if cfg.repeat > 1 else "")
+                )
+                reps.append(r)
+            runs.append(median_run(reps))
     print_table(
         console,
         f"bench village · {student}",
@@ -226,6 +250,13 @@ def run_village_bench(
             for r in runs
         ],
     )
+    if cfg.repeat > 1:
+        for r in runs:
+            lo, hi = r["decisions_per_s_range"]
+            console.print(
+                f"  {r['agents']:>6} agents: median of {cfg.repeat} runs {r['decisions_per_s']:.1f} decisions/s "
+                f"(from {lo:.1f} to {hi:.1f})"
+            )
     baselines: dict[str, dict] = {}
     n = cfg.baseline_agents
     if n:
@@ -294,6 +325,18 @@ def plot_village(result: dict, path: str | Path) -> None:
     ax.plot(
         xs, [r["decisions_per_s"] for r in runs], "o-", color="#2a7ab0", label="murmurate (runtime_cache)"
     )
+    if all("decisions_per_s_range" in r for r in runs):  # repeated runs: their spread around the median
+        ranges = np.array([r["decisions_per_s_range"] for r in runs]).T
+        mid = np.array([r["decisions_per_s"] for r in runs])
+        ax.errorbar(
+            xs,
+            mid,
+            yerr=[mid - ranges[0], ranges[1] - mid],
+            fmt="none",
+            ecolor="#2a7ab0",
+            capsize=4,
+            label=f"lowest to highest of {len(runs[0]['repeats'])} runs",
+        )
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("agents")
