@@ -187,7 +187,7 @@ def cmd_bench_village(args: argparse.Namespace) -> int:
         warmup_ticks=2 if args.quick else args.warmup_ticks,
         model=args.model,
         teacher=None if args.no_teacher else args.teacher,
-        baseline_agents=10 if args.quick else args.baseline_agents,
+        baseline_agents=(10 if args.quick else 100) if args.baseline_agents is None else args.baseline_agents,
         hf_sample=4 if args.quick else args.hf_sample,
         workers=args.workers or auto_workers(),
         threads=args.threads,
@@ -332,7 +332,10 @@ def build_parser() -> argparse.ArgumentParser:
     village.add_argument("--teacher", default="village-act-teacher", help="teacher of the cascade baseline")
     village.add_argument("--no-teacher", action="store_true", help="skip the cascade baseline")
     village.add_argument(
-        "--baseline-agents", type=int, default=100, help="agent count of the baselines (0: none)"
+        "--baseline-agents",
+        type=int,
+        default=None,
+        help="agent count of the baselines (default 100, 10 with --quick; 0: none)",
     )
     village.add_argument("--hf-sample", type=int, default=16, help="agents timed for per_agent_hf")
     village.add_argument(

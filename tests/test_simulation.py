@@ -200,6 +200,7 @@ def test_bench_village_repeat_reports_medians_and_the_spread(ray_session, tiny_m
     ]
     assert cli_main([*args, "--model", str(tiny_models["qwen3"]), "--json", str(out)]) == 0
     data = json.loads(out.read_text())
+    assert data["baselines"] == {}  # --baseline-agents 0 holds with --quick too
     for r in data["runs"]:
         rates = [x["decisions_per_s"] for x in r["repeats"]]
         assert len(rates) == 2 and r["decisions_per_s_range"] == [min(rates), max(rates)]
