@@ -24,7 +24,7 @@ import hashlib
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel
@@ -86,6 +86,7 @@ class Decision:
     source: Literal["model", "expert", "fallback"]
     text: str = ""
     reason: str | None = None
+    speech: str | None = None  # the line the agent's talk model wrote for this action, if it did
 
 
 class Mind:
@@ -214,7 +215,19 @@ class Brain(ABC):
         requests = self.requests(observations)
         if requests and serve is None:
             raise ValueError(f"{type(self).__name__} made requests; pass serve= to run them")
-        return self.actions(serve(requests) if requests else [])
+        actions = self.actions(serve(requests) if requests else [])
+        more = self.followups(actions)
+        if more and serve is None:
+            raise ValueError(f"{type(self).__name__} made requests; pass serve= to run them")
+        return self.revise(actions, serve(more)) if more else actions
+
+    def followups(self, actions: Mapping[str, BaseModel]) -> list[Request]:
+        """Requests this tick needs once its actions are known (a talk model's lines); none by default."""
+        return []
+
+    def revise(self, actions: dict[str, BaseModel], results: Iterable[Result]) -> dict[str, BaseModel]:
+        """The actions with the :meth:`followups` results worked in; unchanged by default."""
+        return actions
 
     def _start(self, observations: Mapping[str, str]) -> list[str]:
         self._tick = self.world.tick
@@ -255,6 +268,12 @@ class ModelBrain(Brain):
         limit_choices: limit the arguments the world lists in ``argument_choices`` (partners within
             reach, actions that would not be refused) to its values, by a token mask on top of the
             shared action schema; ``False`` leaves them to the model.
+        speech: when the ``act`` model decides to speak (``world.speech_target``), the speaker's
+            ``talk`` model writes the line in a second request of the same tick
+            (:mod:`agents.speech`), fitted to the world's rules (``world.with_utterance``); a line
+            that fails keeps the ``act`` model's own words.
+        talk_model: serve every line with this model instead of each persona's ``talk`` model.
+        speech_tokens: generation limit per line.
     """
 
     def __init__(
@@ -264,11 +283,19 @@ class ModelBrain(Brain):
         model: str | None = None,
         max_tokens: int = DEFAULT_MAX_TOKENS,
         limit_choices: bool = True,
+        speech: bool = False,
+        talk_model: str | None = None,
+        speech_tokens: int = 32,
     ):
         super().__init__(world)
+        if speech and not callable(getattr(world, "speech_target", None)):
+            raise ValueError(f"{type(world).__name__} has no speech actions (no speech_target)")
         self.model = model
         self.max_tokens = max_tokens
         self.limit_choices = limit_choices
+        self.speech = speech
+        self.talk_model = talk_model
+        self.speech_tokens = speech_tokens
         self.constraint = Constraint.json_schema(action_schema(world.action_type))
         self._minds: dict[str, Mind] = {}
 
@@ -318,6 +345,49 @@ class ModelBrain(Brain):
             )
             for agent in self._observations
         }
+
+    def followups(self, actions: Mapping[str, BaseModel]) -> list[Request]:
+        """One line request for every agent whose action is speech (with ``speech`` on)."""
+        if not self.speech:
+            return []
+        from agents.speech import speech_request
+
+        out = []
+        for agent, action in actions.items():
+            target = self.world.speech_target(agent, action)
+            if target is None:
+                continue
+            partner, heard = target
+            speaker = self.world.persona(agent)
+            model = self.talk_model or speaker.models["talk"]
+            partner_persona = self.world.persona(partner)
+            out.append(
+                speech_request(
+                    speaker, partner_persona, heard, model=model, max_tokens=self.speech_tokens, tag=agent
+                )
+            )
+        return out
+
+    def revise(self, actions: dict[str, BaseModel], results: Iterable[Result]) -> dict[str, BaseModel]:
+        """Each speaker's action saying its talk model's line (the ``act`` model's words if it failed)."""
+        out = dict(actions)
+        for result in results:
+            agent = result.tag
+            if agent not in out:
+                continue
+            self.stats["speech"] = self.stats.get("speech", 0) + 1
+            try:
+                if result.error:
+                    raise ValueError(result.error)
+                out[agent] = self.world.with_utterance(out[agent], result.text)
+            except ValueError as exc:
+                self.stats["speech_failed"] = self.stats.get("speech_failed", 0) + 1
+                logger.warning("agent %s tick %d: talk model's line not used: %s", agent, self._tick, exc)
+                continue
+            decision = self.last_decision.get(agent)
+            if decision is not None:
+                self.last_decision[agent] = replace(decision, action=out[agent], speech=result.text)
+        return out
 
 
 class ExpertBrain(Brain):

@@ -37,8 +37,20 @@ def cmd_run(args: argparse.Namespace) -> int:
     world.reset(seed=args.seed)
     scheduler = None
     if args.brain == "model":
-        scheduler, served = _model_scheduler(args)
-        brain = ModelBrain(world, model=served)
+        talk = None
+        if args.speech:  # the talk models the personas name (or --talk-model), served beside the act model
+            talk = (
+                [args.talk_model]
+                if args.talk_model
+                else sorted({world.persona(a).models["talk"] for a in world.agents})
+            )
+        scheduler, served, talk_names = _model_scheduler(args, talk or [])
+        brain = ModelBrain(
+            world,
+            model=served,
+            speech=args.speech,
+            talk_model=talk_names[0] if args.talk_model else None,
+        )
     else:
         brain = ExpertBrain(world)
     sim = Simulation(
@@ -66,8 +78,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _model_scheduler(args: argparse.Namespace):
-    """A scheduler serving ``--model`` (and ``--cascade``'s teacher), and the model name to ask."""
+def _model_scheduler(args: argparse.Namespace, talk: list[str] = ()):
+    """A scheduler serving ``--model`` (``--cascade``'s teacher, the ``talk`` models), the model name
+    to ask for decisions and the talk models' names."""
     from runtime.artifacts import ModelError, load_model_dir
     from runtime.cascade import Cascade
     from runtime.scheduler import ModelSpec, Scheduler
@@ -77,6 +90,7 @@ def _model_scheduler(args: argparse.Namespace):
         dirs = [resolve_model(args.model)]
         if args.cascade:
             dirs.append(resolve_model(args.cascade))
+        talk_dirs = [resolve_model(t) for t in talk]
     except ModelError as e:
         if args.model == DEFAULT_MODEL or args.cascade == DEFAULT_TEACHER:
             raise ModelError(
@@ -85,12 +99,15 @@ def _model_scheduler(args: argparse.Namespace):
             ) from None
         raise
     names = [load_model_dir(d).name for d in dirs]
+    talk_names = [load_model_dir(d).name for d in talk_dirs]
+    talk_dirs = [d for d, n in zip(talk_dirs, talk_names) if n not in names]  # served once
     workers = args.workers or auto_workers()
-    cpus = args.worker_cpus or auto_worker_cpus(workers, len(dirs))
+    cpus = args.worker_cpus or auto_worker_cpus(workers, len(dirs) + len(talk_dirs))
     specs = [
         ModelSpec(WorkerConfig(str(d), name=n, threads=args.threads), replicas=workers, num_cpus=cpus)
-        for d, n in zip(dirs, names)
+        for d, n in zip([*dirs, *talk_dirs], [*names, *(load_model_dir(d).name for d in talk_dirs)])
     ]
+    dirs = [*dirs, *talk_dirs]
     cascades = []
     served = names[0]
     if args.cascade:
@@ -105,7 +122,7 @@ def _model_scheduler(args: argparse.Namespace):
     scheduler = Scheduler(specs, address=args.ray_address, cascades=cascades)
     how = "joined" if args.ray_address else "started"
     console.print(f"{how} {ray_cluster()}")
-    return scheduler, served
+    return scheduler, served, talk_names
 
 
 def _stats(sim) -> dict[str, float]:
@@ -292,6 +309,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--threads", type=int, default=1, help="ONNX Runtime threads per worker (default 1; 0: all cores)"
     )
+    run.add_argument(
+        "--speech",
+        action="store_true",
+        help="agents who decide to talk say a line their persona's talk model writes (village-talk)",
+    )
+    run.add_argument("--talk-model", default=None, help="with --speech: this talk model for everyone")
     run.add_argument("--ray-address", default=None, help="join this Ray cluster instead of starting one")
     run.set_defaults(fn=cmd_run)
 

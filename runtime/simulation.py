@@ -114,6 +114,13 @@ class Simulation:
         t2 = time.perf_counter()
         before = dict(self.brain.stats)
         actions = self.brain.actions(results)
+        more = self.brain.followups(actions)  # e.g. the lines of agents who decided to talk
+        if more:
+            t_more = time.perf_counter()
+            spoken = self.serve(more)
+            t2 += time.perf_counter() - t_more  # served time, counted with the decisions'
+            actions = self.brain.revise(actions, spoken)
+            results = [*results, *spoken]
         t3 = time.perf_counter()
         tick = self.world.tick
         self.observations, _, _, _, infos = self.world.step(actions)
@@ -124,7 +131,7 @@ class Simulation:
             tick=tick,
             agents=len(actions),
             decisions=self.brain.stats["decisions"] - before["decisions"],
-            requests=len(requests),
+            requests=len(requests) + len(more),
             fallbacks=self.brain.stats["fallbacks"] - before["fallbacks"],
             refused=refused,
             prompt_tokens=sum(r.prompt_tokens for r in results),
@@ -156,6 +163,8 @@ class Simulation:
                 "refused": info.get("refused"),
                 "score": info.get("score"),
             }
+            if d is not None and d.speech is not None:
+                event["speech"] = d.speech  # the talk model's line as written (the action's is fitted)
             self._log.write(json.dumps(event) + "\n")
         tick_line = {"type": "tick", **{k: v for k, v in asdict(m).items() if k != "latencies_ms"}}
         self._log.write(json.dumps(tick_line) + "\n")

@@ -333,6 +333,22 @@ def test_talk_reaches_the_listener_and_lifts_social():
     assert [a.utterance for a in world.view().agents if a.name == "Alda"] == ["fine weather"]
 
 
+def test_speech_hooks_name_the_partner_and_fit_a_line_to_the_rules():
+    world = at_market()
+    world.step({"Bram": Talk(to="Alda", text="fresh fish here")})
+    assert world.speech_target("Alda", Talk(to="Bram", text="hi")) == ("Bram", "fresh fish here")
+    assert world.speech_target("Alda", Talk(to="Cora", text="hi")) == ("Cora", None)  # an opening
+    assert world.speech_target("Alda", Idle()) is None
+    talk = Talk(to="Bram", text="hi")
+    line = world.with_utterance(talk, '"Bram,  I’m glad\nyou came. ' + "and so on " * 20 + '"')
+    assert isinstance(line, Talk) and line.to == "Bram"
+    assert line.text.startswith("Bram, Im glad you came.")  # printable ASCII, spaces collapsed, unquoted
+    assert len(line.text) <= R.MAX_UTTERANCE and not line.text.endswith(" ")
+    assert line.text.split()[-1] in ("and", "so", "on")  # cut between words
+    with pytest.raises(ValueError, match="no printable words"):
+        world.with_utterance(talk, "\u2603\u2603")
+
+
 def test_encoded_actions_from_the_action_space():
     world = at_market()
     obs = world.observations()

@@ -174,6 +174,18 @@ class World(ParallelEnv, ABC):
         the default, no limits (override)."""
         return {}
 
+    def speech_target(self, agent: str, action: BaseModel) -> tuple[str, str | None] | None:
+        """If ``action`` is ``agent`` speaking to someone: ``(partner, what the partner last said to
+        agent or None)``, so a talk model can write the line (``ModelBrain(speech=True)``); None for
+        any other action. The default: the world has no speech (override with
+        :meth:`with_utterance`)."""
+        return None
+
+    def with_utterance(self, action: BaseModel, text: str) -> BaseModel:
+        """``action`` (a speech action, see :meth:`speech_target`) saying ``text`` instead, made to
+        fit the world's rules for a line; raises ``ValueError`` if nothing of ``text`` fits."""
+        raise NotImplementedError(f"{type(self).__name__} has no speech actions")
+
     @abstractmethod
     def rules_text(self) -> str:
         """The world rules prompt segment: identical for every agent and every tick."""

@@ -12,23 +12,13 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-MAX_HEARD_CHARS = 300  # a partner's line longer than this is cut: prompts stay bounded
-
-# Identical for every agent and round: the radix cache computes its KV once for the whole run.
-SYSTEM_TEXT = """\
-<|im_start|>system
-You live in a small village beside a river. Farmers grow wheat in the fields to the south, fishers \
-work the river and the pond, woodcutters fell trees in the northern forest, and the cook and the \
-innkeeper run the tavern on the square, where everyone eats and rests. Merchants buy and sell at \
-the market stalls: wheat, fish, wood and meals change hands for coins. Days are short, and after \
-dark the river banks are slippery and dangerous.
-
-How to talk: you are one villager speaking to another. Answer in one or two short sentences, in \
-your own voice, as your character would. Stay in the village; talk about work, food, trade, the \
-weather and your neighbours. Never mention being an AI, never use lists, and never speak for the \
-other villager.
-
-"""
+from agents.speech import (  # noqa: F401 - the workload's prompt is the talk task's prompt
+    MAX_HEARD_CHARS,
+    SYSTEM_TEXT,
+    clean_utterance,
+    conversation_segment,
+    persona_segment,
+)
 
 
 @dataclass(frozen=True)
@@ -83,33 +73,6 @@ def make_cast(n: int, seed: int = 0) -> list:
 def partners(n: int) -> list[int]:
     """Each agent's partner: 0↔1, 2↔3, ...; with an odd ``n`` the last agent talks to agent 0."""
     return [i ^ 1 if i ^ 1 < n else 0 for i in range(n)]
-
-
-def persona_segment(persona) -> str:
-    """The persona's text, closing the system turn (stable across rounds: cached after round 1)."""
-    return persona.describe() + "<|im_end|>\n"
-
-
-def conversation_segment(partner, heard: str | None) -> str:
-    """The user turn: an opening cue in round 1, else the partner's last line; then the assistant cue."""
-    who = f"{partner.name}, a {partner.role}"
-    if heard is None:
-        turn = (
-            f"You meet {who}, on the village square. Open the conversation with one line about the village."
-        )
-    else:
-        turn = f'{who}, says to you: "{heard}"\nAnswer {partner.name}.'
-    return f"<|im_start|>user\n{turn}<|im_end|>\n<|im_start|>assistant\n"
-
-
-def clean_utterance(text: str) -> str:
-    """A generated line made safe to quote in another agent's prompt.
-
-    Chat markup in it (``<|...|>``) would let one agent's output end or open turns in its partner's
-    prompt, so it is defanged; whitespace is collapsed and the length bounded.
-    """
-    text = " ".join(text.replace("<|", "<").replace("|>", ">").split())
-    return text[:MAX_HEARD_CHARS] or "..."
 
 
 def converse(

@@ -15,7 +15,7 @@ from agents.persona import Persona
 from worlds.base import World
 from worlds.view import AgentView, WorldView
 from worlds.village import rules as R
-from worlds.village.actions import ACTION_TYPES, VillageAction, decode_action, make_action_space
+from worlds.village.actions import ACTION_TYPES, Talk, VillageAction, decode_action, make_action_space
 from worlds.village.actions import Idle as IdleAction
 from worlds.village.map import (
     PASSABLE,
@@ -166,6 +166,22 @@ class Village(World):
 
     def fallback_action(self) -> BaseModel:
         return IdleAction()
+
+    def speech_target(self, agent: str, action: BaseModel) -> tuple[str, str | None] | None:
+        if not isinstance(action, Talk):
+            return None
+        said = [text for who, text in self._v[agent].heard if who == action.to]
+        return action.to, (said[-1] if said else None)
+
+    def with_utterance(self, action: BaseModel, text: str) -> BaseModel:
+        # a line is printable ASCII of at most MAX_UTTERANCE characters: keep what fits, cut at a word
+        words = ("".join(c for c in word if " " < c <= "~") for word in text.split())
+        line = " ".join(w for w in words if w).strip("\"' ")
+        if len(line) > R.MAX_UTTERANCE:
+            line = line[: R.MAX_UTTERANCE].rsplit(" ", 1)[0] or line[: R.MAX_UTTERANCE]
+        if not line:
+            raise ValueError(f"no printable words in {text!r}")
+        return Talk(to=action.to, text=line)
 
     def rules_text(self) -> str:
         return R.RULES_TEXT
