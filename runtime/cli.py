@@ -1,7 +1,8 @@
 """The ``murmurate`` command line.
 
 murmurate run village [--agents N] [--ticks T] [--seed S] [--brain model|expert] [--model NAME|DIR]
-                      [--cascade [TEACHER]] [--threshold P] [--headless] [--record PATH] [--workers K] [--out DIR]
+                      [--cascade [TEACHER]] [--threshold P] [--speech [--talk-model NAME|DIR]]
+                      [--headless] [--record PATH] [--workers K] [--out DIR]
 murmurate models list | import PATH|smollm2-135m | build [--scale tiny|full] | eval NAME
 murmurate bench serve | village | score | talk  [--quick] [--json PATH] ...
 """
@@ -100,14 +101,16 @@ def _model_scheduler(args: argparse.Namespace, talk: list[str] = ()):
         raise
     names = [load_model_dir(d).name for d in dirs]
     talk_names = [load_model_dir(d).name for d in talk_dirs]
-    talk_dirs = [d for d, n in zip(talk_dirs, talk_names) if n not in names]  # served once
+    served_models = dict(zip(names, dirs))
+    for d, n in zip(talk_dirs, talk_names):
+        served_models.setdefault(n, d)  # each model served once, whatever asks for it
     workers = args.workers or auto_workers()
-    cpus = args.worker_cpus or auto_worker_cpus(workers, len(dirs) + len(talk_dirs))
+    cpus = args.worker_cpus or auto_worker_cpus(workers, len(served_models))
     specs = [
         ModelSpec(WorkerConfig(str(d), name=n, threads=args.threads), replicas=workers, num_cpus=cpus)
-        for d, n in zip([*dirs, *talk_dirs], [*names, *(load_model_dir(d).name for d in talk_dirs)])
+        for n, d in served_models.items()
     ]
-    dirs = [*dirs, *talk_dirs]
+    dirs = list(served_models.values())
     cascades = []
     served = names[0]
     if args.cascade:
