@@ -253,6 +253,7 @@ def cmd_bench_talk(args: argparse.Namespace) -> int:
         variants=variants,
         threads=args.threads,
         console=console,
+        repeat=args.repeat,
     )
     return 0
 
@@ -425,6 +426,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=0,
         help="threads for torch and ONNX Runtime alike (0: library defaults)",
+    )
+    talk.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="runs of each variant; the table shows the median run (default 1)",
     )
     talk.add_argument("--quick", action="store_true", help="4 agents, 1 round, 8 tokens (smoke test)")
     talk.add_argument("--json", default=None, help="write results as JSON here")

@@ -29,6 +29,7 @@ VARIANT_KEYS = {
     "vs_runtime",
     "same_output_as_hf",
     "round_tokens_per_s",
+    "tokens_per_s_all",
 }
 
 
@@ -105,6 +106,28 @@ def test_bench_talk_quick_on_a_tiny_model(tiny_models, tmp_path, monkeypatch):
     # round 2 reuses the shared system text and every persona from round 1
     assert data["variants"]["runtime"]["prefix_hit_ratio"] >= 0.5
     assert data["student"] is None
+
+
+def test_bench_talk_repeat_reports_each_variants_median_run(tiny_models, tmp_path):
+    out = tmp_path / "talk.json"
+    args = [
+        "bench",
+        "talk",
+        "--quick",
+        "--model",
+        str(tiny_models["llama"]),
+        "--variants",
+        "runtime,hf_batched",
+    ]
+    assert cli_main([*args, "--repeat", "3", "--json", str(out)]) == 0
+    for name, v in json.loads(out.read_text())["variants"].items():
+        rates = v["tokens_per_s_all"]
+        assert len(rates) == 3 and v["tokens_per_s"] == sorted(rates)[1], name  # the median run
+        assert v["tokens"] / v["wall_s"] == pytest.approx(v["tokens_per_s"])
+    with pytest.raises(ValueError, match="repeat must be at least 1"):
+        from runtime.bench.talk import run_talk_bench
+
+        run_talk_bench(str(tiny_models["llama"]), repeat=0)
 
 
 def test_bench_talk_student_runs_the_same_workload_in_the_runtime(tiny_models, tmp_path):
