@@ -7,7 +7,7 @@ One :meth:`Batcher.step` reads like its description:
 3. **prefill** their uncached tails in one ragged pass, insert the prompts' KV into the cache,
    sample each one's first token;
 4. **decode** one step for every running row (a row may feed several tokens when the grammar forces
-   them), sample, and retire rows that are done.
+   them), sample, and retire rows that are done (their KV dropped once enough of a cohort is).
 """
 
 from __future__ import annotations
@@ -125,6 +125,9 @@ class Batcher:
         self.admit_window = 4 * max_batch_size
         self.max_cohorts = 4
         self.min_cohort_rows = 32
+        # Rows finishing in decode stay in their cohort, fed nothing, until they are this share of it
+        # (each pass copies the cohort's KV anyway; dropping rows one by one copied all survivors).
+        self.compact_dead_share = 0.25
         self.stats = BatcherStats()
         self._done: list[Result] = []
 
@@ -162,9 +165,8 @@ class Batcher:
     def fail_all(self, error: str) -> list[Result]:
         """End every waiting and running request with ``error`` and start over with an empty
         prefix cache (after a failed step, KV in flight cannot be trusted)."""
-        seqs = self.running + self.waiting
+        seqs, out = self.running + self.waiting, []
         self.cohorts, self.waiting = [], []
-        out = []
         for s in seqs:
             s.finish, s.error = "error", error
             out.append(self._result(s))
@@ -178,8 +180,8 @@ class Batcher:
 
     @property
     def running(self) -> list[Sequence]:
-        """Every row decoding now."""
-        return [s for seqs, _ in self.cohorts for s in seqs]
+        """Every row decoding now (finished rows waiting in a cohort to be dropped are not)."""
+        return [s for seqs, _ in self.cohorts for s in seqs if s.finish is None]
 
     def step(self) -> list[Result]:
         """One scheduling iteration; returns the requests that finished in it."""
@@ -205,7 +207,7 @@ class Batcher:
 
     # ---- admission and prefix matching -------------------------------------------------------
     def _admit(self) -> list[Sequence]:
-        room = self.max_batch_size - sum(len(seqs) for seqs, _ in self.cohorts)
+        room = self.max_batch_size - len(self.running)
         if not self.waiting or room <= 0:
             return []
         admitted, budget, taken = [], self.max_prefill_tokens, set()
@@ -328,7 +330,8 @@ class Batcher:
         n = max(n, len(self.cohorts) - self.max_cohorts + 1)
         if n < 2:
             return
-        merge = self.cohorts[:n]
+        live = [[b for b, s in enumerate(seqs) if s.finish is None] for seqs, _ in self.cohorts[:n]]
+        merge = [([seqs[b] for b in rows], kv.select(rows)) for (seqs, kv), rows in zip(self.cohorts, live)]
         merged = ([s for seqs, _ in merge for s in seqs], BatchKV.concat([kv for _, kv in merge]))
         self.cohorts = [*self.cohorts[n:], merged]
 
@@ -357,18 +360,23 @@ class Batcher:
             logits, kv = self._forward(seqs, kv)
             self.stats.decode_passes += 1
             alive = self._sample_rows(seqs, logits)
-            if alive:
-                cohorts.append(([seqs[i] for i in alive], kv.select(alive)))
+            if not alive:
+                continue
+            if len(seqs) - len(alive) >= self.compact_dead_share * len(seqs):
+                seqs, kv = [seqs[i] for i in alive], kv.select(alive)
+            cohorts.append((seqs, kv))
         self.cohorts = cohorts
 
     def _forward(self, seqs: list[Sequence], past: BatchKV) -> tuple[np.ndarray, BatchKV]:
         """Feed each row its pending tokens (right-aligned) in one pass."""
-        T = max(len(s.pending) for s in seqs)
+        T = max(len(s.pending) for s in seqs if s.finish is None)
         B = len(seqs)
         ids = np.zeros((B, T), np.int64)
         pos = np.zeros((B, T), np.int64)
         mask = np.zeros((B, T), np.int64)
         for b, s in enumerate(seqs):
+            if s.finish is not None:  # a finished row kept in its cohort: fed nothing, its output unread
+                continue
             n = len(s.pending)
             ids[b, T - n :] = s.pending
             pos[b, T - n :] = np.arange(s.pos, s.pos + n)
@@ -383,7 +391,10 @@ class Batcher:
 
     # ---- sampling and finishing ---------------------------------------------------------------
     def _sample_rows(self, seqs: list[Sequence], logits: np.ndarray) -> list[int]:
-        """Sample a token for each row; returns the indices of rows still running."""
+        """Sample a token for each running row; returns the indices of rows still running."""
+        live = [b for b, s in enumerate(seqs) if s.finish is None]
+        if len(live) < len(seqs):  # finished rows kept in the cohort are not sampled
+            return [live[i] for i in self._sample_rows([seqs[b] for b in live], logits[live])]
         constrained = [(s.matcher, b) for b, s in enumerate(seqs) if s.matcher is not None]
         if constrained:
             bitmask = self.compiler.allocate_bitmask(len(seqs))
