@@ -259,6 +259,16 @@ def cmd_bench_talk(args: argparse.Namespace) -> int:
 
 
 # ---- parser -------------------------------------------------------------------------------------
+def _add_worker_args(parser: argparse.ArgumentParser) -> None:
+    """``--workers`` and ``--threads``, alike wherever model workers are started."""
+    parser.add_argument(
+        "--workers", type=int, default=0, help="model worker replicas (default: one per core, at most 8)"
+    )
+    parser.add_argument(
+        "--threads", type=int, default=1, help="ONNX Runtime threads per worker (default 1; 0: all cores)"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="murmurate", description="Swarms of persona agents thinking with small local models."
@@ -301,17 +311,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--record", default=None, help="recording path (.mp4 or .gif) for headless runs")
     run.add_argument("--fps", type=float, default=8.0, help="recording frame rate")
     run.add_argument("--out", default=None, help="output directory (default runs/<world>-seed<S>)")
-    run.add_argument(
-        "--workers", type=int, default=0, help="model worker replicas (default: one per core, at most 8)"
-    )
+    _add_worker_args(run)
     run.add_argument(
         "--worker-cpus",
         type=float,
         default=0.0,
         help="CPUs each worker reserves in Ray, fractions allowed (default: the cores shared among the workers)",
-    )
-    run.add_argument(
-        "--threads", type=int, default=1, help="ONNX Runtime threads per worker (default 1; 0: all cores)"
     )
     run.add_argument(
         "--speech",
@@ -365,12 +370,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="agent count of the baselines (default 100, 10 with --quick; 0: none)",
     )
     village.add_argument("--hf-sample", type=int, default=16, help="agents timed for per_agent_hf")
-    village.add_argument(
-        "--workers", type=int, default=0, help="model worker replicas (default: one per core, at most 8)"
-    )
-    village.add_argument(
-        "--threads", type=int, default=1, help="ONNX Runtime threads per worker (default 1; 0: all cores)"
-    )
+    _add_worker_args(village)
     village.add_argument(
         "--cache-mb", type=int, default=768, help="radix-cache budget per worker, MiB (default 768)"
     )
