@@ -34,6 +34,7 @@ WORK = ".build"
 TRAIN_STAGE = {"teacher": "train-teacher", "dense": "train-dense", "student": "distill-student"}
 STATE = "state.json"
 REFINE_ROUNDS, REFINE_SEED = 7, 7  # the refining DAgger phase: rounds, and its seed's offset
+LEAN_ROUNDS, LEAN_SEED = 3, 17  # the lean phase (the student learns to decide without the rules)
 STATES_SEED = 13  # the seed offset of the student's rollouts that refine the teacher and the baseline
 
 
@@ -57,6 +58,14 @@ class BuildPlan:
             labels what it sees, and the teacher and the dense baseline are each fine-tuned on the
             training split plus those examples (``steps``, ``lr``, ``balance``): the cascade asks
             the teacher on exactly such states. ``None``: they ship as trained.
+        lean: DAgger rounds from the refined student's weights in which it fine-tunes on prompts
+            without their first ``lean_skip`` segments (the world's rules, the same words in every
+            prompt, which a model trained on them has learned): the shipped student reads from
+            its role on, each decision attends to ≈ 225 keys instead of ≈ 635, and the runtime
+            drops the rules for it (``prompt_skip_segments`` in its config). The first round rolls
+            out the refined student, the next ones the lean one. The teacher's and the baseline's
+            states come from the refined student (with the rules). ``None``: the refined student ships.
+        lean_skip: the leading segments the lean student does not read.
         card_examples: held-out examples per split evaluated through the runtime for the cards.
         speed_batch: prompts in the decisions/s measurement.
         int8_prompts: prompts on which the int8 student must agree with the fp32 one.
@@ -76,11 +85,18 @@ class BuildPlan:
     dagger: DaggerConfig = DaggerConfig()
     refine: DaggerConfig | None = None
     states: DaggerConfig | None = None
+    lean: DaggerConfig | None = None
+    lean_skip: int = 1
 
     @property
     def refining(self) -> DaggerConfig | None:
         """The refining phase that actually runs: none without DAgger rounds to refine, or rounds."""
         return self.refine if self.dagger.rounds and self.refine and self.refine.rounds else None
+
+    @property
+    def leaning(self) -> DaggerConfig | None:
+        """The lean phase that actually runs (it follows the DAgger rounds), or ``None``."""
+        return self.lean if self.dagger.rounds and self.lean and self.lean.rounds else None
 
     def to_dict(self) -> dict[str, Any]:
         return json.loads(json.dumps(asdict(self), default=str))
@@ -103,6 +119,10 @@ class BuildPlan:
         keys[TRAIN_STAGE["student"]] = _digest([keys["train-teacher"], d["student"]])
         keys["dagger-student"] = _digest([keys["distill-student"], d["dagger"], d["refine"], ROLLOUTS])
         source = dict(TRAIN_STAGE, student="dagger-student")
+        if self.leaning:
+            keys["export-rules-student"] = _digest([keys["dagger-student"]])
+            keys["lean-student"] = _digest([keys["dagger-student"], d["lean"], d["lean_skip"], ROLLOUTS])
+            source["student"] = "lean-student"
         if self.states:
             from exports.dagger import rollout_fields
 
@@ -147,6 +167,7 @@ def make_plan(
     states_steps: int | None = None,
     device: str | None = None,
     fresh_names: float | None = None,
+    lean_rounds: int | None = None,
 ) -> BuildPlan:
     """The build plan for ``scale``.
 
@@ -162,6 +183,8 @@ def make_plan(
         dagger_rounds: override the number of DAgger rounds (0: ship the distilled student as is,
             without refining rounds either).
         refine_rounds: override the number of refining DAgger rounds that follow (0: none).
+        lean_rounds: override the rounds of the lean phase (0: none: the shipped student reads the
+            rules; see :class:`BuildPlan`).
         states_steps: override the fine-tuning steps of the teacher and the dense baseline on the
             final student's states (0: none; see :class:`BuildPlan`).
         device: where torch trains (``cpu``, ``cuda``, ``auto``; not part of any stage key).
@@ -190,7 +213,10 @@ def make_plan(
         dagger = DaggerConfig(rounds=1, worlds=1, ticks=6, sample_rate=0.5, steps=4, seed=seed)
         refine = replace(dagger, seed=seed + REFINE_SEED, balance=0.5)
         states = replace(dagger, seed=seed + STATES_SEED, balance=0.5)
-        plan = BuildPlan("tiny", data, 512, teacher, dense, student, 6, 6, 6, 0.9, dagger, refine, states)
+        lean = replace(dagger, seed=seed + LEAN_SEED, balance=0.5)
+        plan = BuildPlan(
+            "tiny", data, 512, teacher, dense, student, 6, 6, 6, 0.9, dagger, refine, states, lean
+        )
     elif scale == "full":
         data = DatasetSpec(seed=seed)
         base = TrainConfig(seed=seed)
@@ -202,8 +228,22 @@ def make_plan(
         refine = DaggerConfig(rounds=REFINE_ROUNDS, seed=seed + REFINE_SEED, balance=0.5)
         # 48 worlds (≈ 50k examples); 1,200 steps of 32 from the trained weights.
         states = DaggerConfig(rounds=1, worlds=48, steps=1200, seed=seed + STATES_SEED, balance=0.5)
+        lean = DaggerConfig(rounds=LEAN_ROUNDS, seed=seed + LEAN_SEED, balance=0.5)
         plan = BuildPlan(
-            "full", data, base.vocab_size, teacher, dense, student, 300, 64, 64, 0.97, dagger, refine, states
+            "full",
+            data,
+            base.vocab_size,
+            teacher,
+            dense,
+            student,
+            300,
+            64,
+            64,
+            0.97,
+            dagger,
+            refine,
+            states,
+            lean,
         )
     else:
         raise ValueError(f"unknown scale {scale!r}; use 'tiny' or 'full'")
@@ -238,6 +278,10 @@ def make_plan(
         if refine_rounds < 0:
             raise ValueError(f"refine rounds must be 0 or more, not {refine_rounds}")
         plan = replace(plan, refine=replace(plan.refine, rounds=refine_rounds) if refine_rounds else None)
+    if lean_rounds is not None and plan.lean is not None:
+        if lean_rounds < 0:
+            raise ValueError(f"lean rounds must be 0 or more, not {lean_rounds}")
+        plan = replace(plan, lean=replace(plan.lean, rounds=lean_rounds) if lean_rounds else None)
     return plan
 
 
@@ -281,6 +325,7 @@ def build_models(
     states_steps: int | None = None,
     device: str | None = None,
     fresh_names: float | None = None,
+    lean_rounds: int | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Build the village ``act`` models into ``out_root/<name>``.
@@ -301,6 +346,7 @@ def build_models(
         device: where torch trains (``cpu``, ``cuda``, ``auto``: a GPU when torch sees one); speed
             only, like ``threads``. The cards' measurements always run on the CPU.
         fresh_names: override the dataset's ``fresh_names`` (see :func:`make_plan`).
+        lean_rounds: override the lean phase's rounds (0: the shipped student reads the rules).
         progress: print stage lines and show training progress bars.
 
     Returns:
@@ -319,6 +365,7 @@ def build_models(
         states_steps=states_steps,
         device=device,
         fresh_names=fresh_names,
+        lean_rounds=lean_rounds,
     )
     out_root = Path(out_root)
     work = out_root / WORK
@@ -407,18 +454,35 @@ def build_models(
         last = refine.rounds if refine else plan.dagger.rounds
         runs["student"] = final_dir / f"round{last - 1}" / "run"
 
-    def export(run: str, name: str, cfg: Any, deps: tuple[str, ...]) -> Path:
-        target = out_root / name
+    def export(
+        run: str, name: str, cfg: Any, deps: tuple[str, ...], hf: Path | None = None, to: Path | None = None
+    ) -> Path:
+        target = to or out_root / name
         extra = {"task": "act", "preset": cfg.preset, "seed": seed, "build_scale": scale}
-        hf = student_hf if run == "student" else runs[run] / "hf"
+        hf = hf or (student_hf if run == "student" else runs[run] / "hf")
+        key = "rules-student" if to is not None else run
 
         def export_stage() -> None:
-            export_trained(hf, work / "export-src" / run, target, name, extra, keep_hf=run == "student")
+            export_trained(hf, work / "export-src" / key, target, name, extra, keep_hf=run == "student")
 
-        stage(f"export-{run}", [target / "model.onnx"], export_stage, deps)
+        stage(f"export-{key}", [target / "model.onnx"], export_stage, deps)
         return target
 
-    student_dir = export("student", STUDENT, plan.student, ("dagger-student",))
+    lean = plan.leaning
+    # With a lean phase the refined student (it reads the rules) stays in the work directory: its
+    # rollouts are the teacher's and the baseline's states, and the lean phase starts from it.
+    rules_dir = work / "student-rules" if lean else None
+    student_dir = export("student", STUDENT, plan.student, ("dagger-student",), to=rules_dir)
+    if lean:
+        lean_dir = work / "lean"
+        lean_cfg = replace(plan.student, skip_segments=plan.lean_skip)
+
+        def lean_stage() -> dict[str, Any]:
+            kw = {"threads": plan.student.threads, "progress": progress}
+            return run_dagger(student_hf, data, lean_dir, lean, lean_cfg, **kw)
+
+        dagger = {**dagger, "lean": stage("lean-student", [lean_dir / "hf"], lean_stage, ("dagger-student",))}
+        runs["student"] = lean_dir / f"round{lean.rounds - 1}" / "run"
     states: dict[str, Any] = {}
     if plan.states:  # the final student drives fresh worlds; teacher and baseline learn its states
         from exports.dagger import fine_tune_on_states, world_rollouts
@@ -443,6 +507,8 @@ def build_models(
                 return {"steps_done": m["steps_done"]}
 
             stage(f"refine-{run}", [runs[run] / "hf"], refine_stage, ("student-states", TRAIN_STAGE[run]))
+    if lean:
+        student_dir = export("student", STUDENT, plan.student, ("lean-student",), hf=lean_dir / "hf")
     models: dict[str, Path] = {
         TEACHER: export("teacher", TEACHER, plan.teacher, ("refine-teacher",)),
         DENSE: export("dense", DENSE, plan.dense, ("refine-dense",)),
@@ -477,7 +543,7 @@ def build_models(
         "cards",
         [m / "model_card.json" for m in models.values()],
         lambda: write_build_cards(plan, data, models, runs, int8, dagger, states),
-        deps=("export-teacher", "export-dense", "export-student", "quantize-student"),
+        deps=("export-teacher", "export-dense", "export-student", "quantize-student", "lean-student"),
     )
     return {"models": models, "ran": ran, "skipped": skipped, "cards": cards["cards"], "int8": int8}
 

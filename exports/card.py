@@ -391,6 +391,13 @@ def write_build_cards(
                 if run == "student" and plan.refining
                 else None
             ),
+            # DAgger rounds on prompts without their first segments (the rules): what the runtime
+            # then drops for this model (``prompt_skip_segments`` in its config)
+            "lean": (
+                {**_rounds(plan.leaning, (dagger or {}).get("lean")), "skip_segments": plan.lean_skip}
+                if run == "student" and plan.leaning
+                else None
+            ),
             # The teacher's and the baseline's fine-tuning on the final student's states.
             "states": (
                 {**asdict(plan.states), "examples": (states or {}).get("examples")}

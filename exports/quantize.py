@@ -223,13 +223,12 @@ def serve_greedy(
 
 def runtime_batcher(model_dir: str | Path, *, threads: int = 1, cache_mib: int = 64) -> tuple[Any, str]:
     """An in-process runtime batcher over ``model_dir`` (verified on load) and the model's name."""
-    from runtime.artifacts import load_model_dir
+    from runtime.artifacts import load_model_dir, model_tokenizer
     from runtime.batcher import Batcher
     from runtime.engine import OrtEngine
     from runtime.kv_cache import RadixCache
-    from runtime.tokenizer import Tokenizer
 
     art = load_model_dir(model_dir)
     engine = OrtEngine(art, intra_op_threads=threads)
-    tok = Tokenizer(art.tokenizer_path, art.info.eos_token_ids)
+    tok = model_tokenizer(art)
     return Batcher(engine, tok, RadixCache(cache_mib << 20)), art.name

@@ -81,6 +81,10 @@ class TrainConfig:
             example is drawn with probability ∝ (examples of its action kind)^-balance, so rare
             decisions (a sale, a trade, a talk) are seen more often — 0.5 draws each kind in
             proportion to the square root of its count.
+        skip_segments: train on prompts without their first N segments (1: without the world's
+            rules, which every prompt repeats word for word, so a model that learned them need not
+            read them). Saved in the model's config (``prompt_skip_segments``); the runtime drops
+            the same segments for it.
     """
 
     preset: str = "act-moe"
@@ -103,6 +107,7 @@ class TrainConfig:
     temperature: float = 2.0
     alpha: float = 0.7
     balance: float = 0.0
+    skip_segments: int = 0
 
 
 def make_batch(enc: Encoded, idx: Sequence[int], pad_id: int) -> dict[str, torch.Tensor]:
@@ -309,12 +314,14 @@ def train(
     from exports.distill import distill_loss, load_teacher
     from exports.evaluate import evaluate
 
+    if cfg.teacher and cfg.skip_segments:
+        raise ValueError("distillation feeds the teacher the student's tokens: train with skip_segments=0")
     torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
     out = Path(out_dir)
     hf_dir = out / "hf"
     prepare_tokenizer(hf_dir, data, cfg.teacher or cfg.init or tokenizer, cfg.vocab_size)
-    tok, eos_id, pad_id = runtime_tokenizer(hf_dir)
+    tok, eos_id, pad_id = runtime_tokenizer(hf_dir, skip_segments=cfg.skip_segments)
     enc = encode_split(tok, data["train"], eos_id)
     args = ModelArgs.from_name(cfg.preset)
     longest = len(enc.prefix) + max(len(s) for s in enc.suffix)
@@ -324,6 +331,8 @@ def train(
             f"{args.max_position_embeddings}; use a larger vocabulary or a preset with a longer context"
         )
     model = build_model(args, hf_dir, cfg.seed)
+    if cfg.skip_segments:
+        model.config.prompt_skip_segments = cfg.skip_segments
     if cfg.init:
         from safetensors.torch import load_file
 

@@ -44,6 +44,10 @@ class ModelInfo:
     eos_token_ids: tuple[int, ...]
     bos_token_id: int | None
     max_position_embeddings: int
+    skip_segments: int = 0
+    """Leading prompt segments the model was trained without (config key ``prompt_skip_segments``): a
+    specialist that learned what they say (a world's rules, say) reads a prompt from the next one, and
+    the runtime drops them before tokenizing. 0 for every general model."""
 
 
 @dataclass(frozen=True)
@@ -82,6 +86,9 @@ def model_info_from_config(config: dict[str, Any], generation: dict[str, Any] | 
         kv_heads = int(config.get("num_key_value_heads") or heads)
         head_dim = int(config.get("head_dim") or config["hidden_size"] // heads)
         vocab = int(config["vocab_size"])
+        skip = int(config.get("prompt_skip_segments") or 0)
+        if skip < 0:
+            raise ValueError(f"prompt_skip_segments is {skip}")
     except (KeyError, TypeError, ValueError) as e:
         raise ModelError(f"config.json lacks a usable field: {e}") from None
     eos: Any = (generation or {}).get("eos_token_id", config.get("eos_token_id"))
@@ -97,6 +104,7 @@ def model_info_from_config(config: dict[str, Any], generation: dict[str, Any] | 
         eos_token_ids=eos_ids,
         bos_token_id=int(bos) if bos is not None else None,
         max_position_embeddings=int(config.get("max_position_embeddings", 2048)),
+        skip_segments=skip,
     )
 
 
@@ -185,6 +193,19 @@ def load_model_dir(path: str | Path, verify: bool = True) -> ModelArtifacts:
     _check_tokenizer(path / "tokenizer.json", info)
     return ModelArtifacts(
         path=path, name=str(manifest.get("name", path.name)), info=info, manifest=manifest, config=config
+    )
+
+
+def model_tokenizer(art: ModelArtifacts):
+    """The runtime tokenizer of a model directory, as its worker builds it (BOS, skipped segments)."""
+    from runtime.tokenizer import Tokenizer
+
+    return Tokenizer(
+        art.tokenizer_path,
+        art.info.eos_token_ids,
+        art.info.bos_token_id,
+        add_bos=bool(art.manifest.get("add_bos")),
+        skip_segments=art.info.skip_segments,
     )
 
 

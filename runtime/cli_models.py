@@ -87,6 +87,7 @@ def cmd_models_build(args: argparse.Namespace) -> int:
         threads=args.threads,
         dagger_rounds=args.dagger_rounds,
         refine_rounds=args.refine_rounds,
+        lean_rounds=args.lean_rounds,
         states_steps=args.states_steps,
         device=args.device,
         fresh_names=args.fresh_names,
@@ -254,6 +255,13 @@ def add_models_parser(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="refining DAgger rounds after those: other fresh worlds, rare actions drawn more often "
         "(default: the plan's; 0: none)",
+    )
+    mb.add_argument(
+        "--lean-rounds",
+        type=int,
+        default=None,
+        help="last, DAgger rounds in which the student learns to decide without the world's rules "
+        "(default: the plan's; 0: the shipped student reads them)",
     )
     mb.add_argument(
         "--states-steps",

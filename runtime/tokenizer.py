@@ -24,6 +24,8 @@ class Tokenizer:
         bos_token_id: prepended once to every prompt when ``add_bos`` is true.
         add_bos: whether prompts start with ``bos_token_id``.
         cache_size: how many distinct segments to memoise.
+        skip_segments: leading prompt segments this model does not read (it was trained without
+            them: see ``ModelInfo.skip_segments``); :meth:`encode_prompt` drops them.
     """
 
     def __init__(
@@ -33,6 +35,7 @@ class Tokenizer:
         bos_token_id: int | None = None,
         add_bos: bool = False,
         cache_size: int = 4096,
+        skip_segments: int = 0,
     ):
         self.path = Path(path)
         self._tok = _HFTokenizer.from_file(str(self.path))
@@ -44,6 +47,7 @@ class Tokenizer:
         self.vocab_size = self._tok.get_vocab_size(with_added_tokens=True)
         self._cache: OrderedDict[str, tuple[int, ...]] = OrderedDict()
         self._cache_size = cache_size
+        self.skip_segments = skip_segments
 
     def to_json(self) -> str:
         """The serialized tokenizer (what llguidance builds its token tables from)."""
@@ -64,7 +68,8 @@ class Tokenizer:
         """Encode in one batched call every segment of ``prompts`` not memoised yet (as many as the
         memo holds), so the :meth:`encode_prompt` calls that follow find them: one call into the
         tokenizer per batch of requests instead of one per new segment."""
-        todo = list(dict.fromkeys(seg for p in prompts for seg in p if seg not in self._cache))
+        k = self.skip_segments
+        todo = list(dict.fromkeys(seg for p in prompts for seg in p[k:] if seg not in self._cache))
         todo = todo[: self._cache_size]
         if not todo:
             return
@@ -74,7 +79,15 @@ class Tokenizer:
             self._cache.popitem(last=False)
 
     def encode_prompt(self, segments: tuple[str, ...] | list[str]) -> list[int]:
-        """Token ids of a prompt given as segments (most shared first)."""
+        """Token ids of a prompt given as segments (most shared first), less the segments this model
+        skips; a prompt with nothing left after them is a ``ValueError``."""
+        if self.skip_segments:
+            if len(segments) <= self.skip_segments:
+                raise ValueError(
+                    f"this model reads prompts from segment {self.skip_segments + 1} on (it was trained "
+                    f"without the first {self.skip_segments}); the prompt has {len(segments)} segment(s)"
+                )
+            segments = segments[self.skip_segments :]
         ids: list[int] = [self.bos_token_id] if self.add_bos else []  # type: ignore[list-item]
         for seg in segments:
             ids.extend(self.encode_segment(seg))

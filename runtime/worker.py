@@ -60,11 +60,10 @@ class WorkerConfig:
 
 def build_batcher(cfg: WorkerConfig):
     """Engine + tokenizer + cache + batcher for ``cfg`` (also used without Ray)."""
-    from runtime.artifacts import load_model_dir
+    from runtime.artifacts import load_model_dir, model_tokenizer
     from runtime.batcher import Batcher
     from runtime.engine import OrtEngine, set_numpy_hugepages
     from runtime.kv_cache import LFUPolicy, LRUPolicy, RadixCache
-    from runtime.tokenizer import Tokenizer
 
     policies = {"lfu": LFUPolicy, "lru": LRUPolicy}
     if cfg.cache_policy not in policies:
@@ -73,12 +72,7 @@ def build_batcher(cfg: WorkerConfig):
     art = load_model_dir(Path(cfg.model_dir), verify=cfg.verify)
     providers = list(cfg.providers) if isinstance(cfg.providers, tuple) else cfg.providers
     engine = OrtEngine(art, providers=providers, intra_op_threads=cfg.threads or None)
-    tok = Tokenizer(
-        art.tokenizer_path,
-        art.info.eos_token_ids,
-        art.info.bos_token_id,
-        add_bos=bool(art.manifest.get("add_bos")),
-    )
+    tok = model_tokenizer(art)
     cache = RadixCache(cfg.cache_bytes, policies[cfg.cache_policy]()) if cfg.cache_bytes > 0 else None
     return Batcher(
         engine, tok, cache, max_batch_size=cfg.max_batch_size, max_prefill_tokens=cfg.max_prefill_tokens

@@ -102,3 +102,33 @@ def test_provider_choice():
         choose_providers("cuda", [CPU])
     with pytest.raises(ModelError, match="unknown provider choice"):
         choose_providers("tpu", [CPU])
+
+
+def test_a_model_trained_without_the_first_segments_is_served_without_them(model_copy):
+    """``prompt_skip_segments`` in config.json: the runtime drops those leading segments for it."""
+    from runtime.artifacts import model_tokenizer
+    from runtime.types import Request, SamplingParams
+    from runtime.worker import WorkerConfig, build_batcher
+
+    plain = build_batcher(WorkerConfig(str(model_copy)))
+    config = json.loads((model_copy / "config.json").read_text())
+    (model_copy / "config.json").write_text(json.dumps({**config, "prompt_skip_segments": 1}))
+    write_manifest(model_copy, "tiny-qwen3")
+    art = load_model_dir(model_copy)
+    assert art.info.skip_segments == 1
+    tok = model_tokenizer(art)
+    assert tok.encode_prompt(("the rules\n\n", "an agent\n\n", "now")) == plain.tok.encode_prompt(
+        ("an agent\n\n", "now")
+    )
+    lean = build_batcher(WorkerConfig(str(model_copy)))
+    greedy = SamplingParams(max_tokens=5)
+    full, short = ("the rules\n\n", "an agent\n\n", "now"), ("an agent\n\n", "now")
+    a, b, c = lean.run(
+        [Request(model="m", prompt=full, sampling=greedy), Request(model="m", prompt="now", sampling=greedy)]
+    ) + plain.run([Request(model="m", prompt=short, sampling=greedy)])
+    assert a.ok and a.token_ids == c.token_ids and a.prompt_tokens == c.prompt_tokens
+    assert not b.ok and "reads prompts from segment 2 on" in b.error
+    config["prompt_skip_segments"] = -1
+    (model_copy / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelError, match="prompt_skip_segments"):
+        load_model_dir(model_copy, verify=False)

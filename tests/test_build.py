@@ -24,10 +24,12 @@ ALL_STAGES = [
     "train-dense",
     "distill-student",
     "dagger-student",
-    "export-student",
+    "export-rules-student",
+    "lean-student",
     "student-states",
     "refine-teacher",
     "refine-dense",
+    "export-student",
     "export-teacher",
     "export-dense",
     "quantize-student",
@@ -81,6 +83,12 @@ def test_build_runs_every_stage_and_makes_three_carded_models(built):
     (record,) = refine["rounds_run"]
     assert record["seeds"] != dagger["rounds_run"][0]["seeds"]
     assert teacher["built"]["refine"] is None
+    # ...and last the lean rounds, on prompts without the rules, which the runtime then drops for it.
+    lean = student["built"]["lean"]
+    assert lean["skip_segments"] == 1 and lean["examples"] > 0 and teacher["built"]["lean"] is None
+    assert load_model_dir(out / STUDENT).info.skip_segments == 1
+    assert load_model_dir(out / TEACHER).info.skip_segments == 0
+    assert (out / ".build" / "student-rules" / "model.onnx").is_file()  # its rollouts are the states
     # ...and the final student's own states, expert-labelled, refine the teacher and the baseline.
     dense = json.loads((out / DENSE / "model_card.json").read_text())
     for card in (teacher, dense):
@@ -251,7 +259,14 @@ def test_refine_rounds_change_only_the_dagger_stage_and_what_follows():
     more = make_plan("full", refine_rounds=plan.refine.rounds + 1)
     a, b = plan.stage_keys(), more.stage_keys()
     changed = {k for k in a if a[k] != b[k]}
-    student = {"dagger-student", "export-student", "quantize-student", "cards"}
+    student = {
+        "dagger-student",
+        "export-rules-student",
+        "lean-student",
+        "export-student",
+        "quantize-student",
+        "cards",
+    }
     # the teacher and the baseline learn the final student's states: they follow it
     assert changed == student | {
         "student-states",
@@ -264,6 +279,21 @@ def test_refine_rounds_change_only_the_dagger_stage_and_what_follows():
     assert make_plan("full", dagger_rounds=0).refine is None  # no DAgger: nothing to refine
     with pytest.raises(ValueError, match="refine rounds"):
         make_plan("full", refine_rounds=-1)
+
+
+def test_lean_rounds_change_only_the_lean_stage_and_what_follows():
+    plan = make_plan("full")
+    assert (
+        plan.lean.rounds > 0
+        and plan.lean_skip == 1
+        and plan.lean.seed not in (plan.dagger.seed, plan.refine.seed)
+    )
+    a, b = plan.stage_keys(), make_plan("full", lean_rounds=plan.lean.rounds + 1).stage_keys()
+    assert {k for k in a if a[k] != b[k]} == {"lean-student", "export-student", "quantize-student", "cards"}
+    off = make_plan("full", lean_rounds=0)
+    assert off.lean is None and "lean-student" not in off.stage_keys()
+    with pytest.raises(ValueError, match="lean rounds"):
+        make_plan("full", lean_rounds=-1)
 
 
 def test_states_steps_change_only_the_teacher_and_baseline_refining_and_what_follows():
@@ -330,6 +360,7 @@ def test_models_build_command_defaults_to_the_user_models_dir(built, tmp_path, m
         "states_steps": 5,
         "device": None,
         "fresh_names": None,
+        "lean_rounds": None,
         "progress": True,
     }
     assert "village-act" in capsys.readouterr().out
@@ -354,18 +385,18 @@ def test_changed_run_redoes_only_what_depends_on_it(built, tmp_path):
     assert result["ran"] == [
         "distill-student",
         "dagger-student",
-        "export-student",
+        "export-rules-student",
+        "lean-student",
         "student-states",
         "refine-teacher",
         "refine-dense",
+        "export-student",
         "export-teacher",
         "export-dense",
         "quantize-student",
         "cards",
     ]
-    assert {"dataset", "tokenizer", "train-teacher", "train-dense"} <= set(
-        result["skipped"]
-    )
+    assert {"dataset", "tokenizer", "train-teacher", "train-dense"} <= set(result["skipped"])
     import torch
 
     # The student's old checkpoint (fewer steps, another schedule) is not resumed from.

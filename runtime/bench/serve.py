@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from rich.console import Console
 
-from runtime.artifacts import hf_weights_dir
+from runtime.artifacts import hf_weights_dir, model_tokenizer
 from runtime.bench.common import default_bench_model, machine_info, print_table, write_json
 
 
@@ -85,19 +85,13 @@ def run_serve_bench(
     from runtime.batcher import Batcher
     from runtime.engine import OrtEngine
     from runtime.kv_cache import RadixCache
-    from runtime.tokenizer import Tokenizer
     from runtime.types import Request, SamplingParams
 
     console = console or Console(width=120)
     w = workload or ServeWorkload()
     model_dir = Path(model_dir) if model_dir else default_bench_model(console)
     art = load_model_dir(model_dir)
-    tok = Tokenizer(
-        art.tokenizer_path,
-        art.info.eos_token_ids,
-        art.info.bos_token_id,
-        add_bos=bool(art.manifest.get("add_bos")),
-    )
+    tok = model_tokenizer(art)
     prompts = build_prompts(tok, w)
     ids = [tok.encode_prompt(p) for p in prompts]
     console.print(

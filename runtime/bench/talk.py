@@ -41,7 +41,7 @@ from typing import Any
 
 from rich.console import Console
 
-from runtime.artifacts import hf_weights_dir
+from runtime.artifacts import hf_weights_dir, model_tokenizer
 from runtime.bench.common import machine_info, print_table, write_json
 from runtime.bench.conversation import (  # noqa: F401 - the workload is part of this bench's API
     MAX_HEARD_CHARS,
@@ -95,17 +95,6 @@ def resolve_talk_model(spec: str, console: Console | None = None) -> Path:
 
 
 # ---- serving variants ---------------------------------------------------------------------------
-def _tokenizer(art):
-    from runtime.tokenizer import Tokenizer
-
-    return Tokenizer(
-        art.tokenizer_path,
-        art.info.eos_token_ids,
-        art.info.bos_token_id,
-        add_bos=bool(art.manifest.get("add_bos")),
-    )
-
-
 def _cut(ids: list[int], eos: set[int]) -> Utterance:
     """An utterance from raw generated ids: up to the first stop token (which counts as produced)."""
     for k, t in enumerate(ids):
@@ -223,7 +212,7 @@ def run_talk_bench(
     if unknown:
         raise ValueError(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
     art = load_model_dir(resolve_talk_model(str(model), console))
-    tok = _tokenizer(art)
+    tok = model_tokenizer(art)
     cast = make_cast(w.agents, w.seed)
     probe = converse_prompt_lengths(cast, tok)
     console.print(
@@ -270,7 +259,7 @@ def run_talk_bench(
     warm_cast = cast[:2]
     if student is not None:
         s_art = load_model_dir(resolve_talk_model(str(student), console))
-        s_tok = _tokenizer(s_art)
+        s_tok = model_tokenizer(s_art)
     # The runtime variants run before torch computes anything: measured here, ONNX Runtime ran ~25%
     # slower in a process where transformers had just generated (28.5 vs 38.8 tokens/s), while
     # transformers ran the same before or after ONNX Runtime.

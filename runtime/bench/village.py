@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from rich.console import Console
 
-from runtime.artifacts import hf_weights_dir
+from runtime.artifacts import hf_weights_dir, model_tokenizer
 from runtime.bench.common import machine_info, print_table, write_json
 from runtime.cli_common import auto_workers
 
@@ -157,14 +157,13 @@ def _per_agent_hf(model_dir: Path, n: int, cfg: VillageBenchConfig, new_tokens: 
 
     from agents.mind import ModelBrain
     from runtime.artifacts import load_model_dir
-    from runtime.tokenizer import Tokenizer
 
     art = load_model_dir(model_dir)
     hf_dir = hf_weights_dir(art)
     if not (hf_dir / "config.json").exists():
         raise FileNotFoundError(f"per_agent_hf needs the transformers weights of {art.name} in {hf_dir}")
     model = AutoModelForCausalLM.from_pretrained(hf_dir).eval()
-    tok = Tokenizer(art.tokenizer_path, art.info.eos_token_ids)
+    tok = model_tokenizer(art)
     world = _world(n, cfg)
     brain = ModelBrain(world, model=art.name)
     reqs = brain.requests(world.observations())[: cfg.hf_sample]
