@@ -58,10 +58,10 @@ def build_talk_dataset(
     """
     from tqdm import tqdm
 
-    from runtime.artifacts import load_model_dir
+    from runtime.artifacts import load_model_dir, model_tokenizer
     from runtime.batcher import Batcher
     from runtime.bench.conversation import TalkWorkload, converse
-    from runtime.bench.talk import _runtime_serve, _tokenizer
+    from runtime.bench.talk import _runtime_serve
     from runtime.engine import OrtEngine
     from runtime.kv_cache import RadixCache
     from worlds.village.cast import generate_personas
@@ -70,7 +70,7 @@ def build_talk_dataset(
     if not 0 < spec.heldout < spec.conversations:
         raise ValueError("heldout must leave at least one training conversation")
     art = load_model_dir(teacher_dir)
-    tok = _tokenizer(art)
+    tok = model_tokenizer(art)
     engine = OrtEngine(art, intra_op_threads=threads or None)
     size = {"max_batch_size": max(64, spec.agents), "max_prefill_tokens": 1 << 16}
     batcher = Batcher(engine, tok, RadixCache(1 << 30), **size)
