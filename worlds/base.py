@@ -336,9 +336,10 @@ class World(ParallelEnv, ABC):
         self.tick += 1
         done = self.max_ticks is not None and self.tick >= self.max_ticks
         agents = list(self.agents)
-        rewards = {a: round(self.score(a) - before[a], 6) for a in agents}
+        after = {a: self.score(a) for a in agents}
+        rewards = {a: round(after[a] - before[a], 6) for a in agents}
         observations = self._observe_all()
-        infos = self.infos()
+        infos = self._infos(after)
         if done:
             self.agents = []
         return (
@@ -356,7 +357,11 @@ class World(ParallelEnv, ABC):
 
     def infos(self) -> dict[str, dict[str, Any]]:
         """Per-agent infos: ``score``, ``world_score``, ``refused``, ``tick`` and world extras."""
-        scores = {a: round(self.score(a), 6) for a in self.agents}
+        return self._infos()
+
+    def _infos(self, scores: Mapping[str, float] | None = None) -> dict[str, dict[str, Any]]:
+        """:meth:`infos`, from the live agents' scores when the caller has them already."""
+        scores = {a: round(scores[a] if scores is not None else self.score(a), 6) for a in self.agents}
         world_score = round(sum(scores.values()) / len(scores), 6) if scores else 0.0
         return {
             a: {

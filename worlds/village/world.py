@@ -102,6 +102,7 @@ class Village(World):
         self._v: dict[str, Villager] = {}
         self._near: dict[str, list[str]] = {}
         self._obs: dict[str, VillageObs] = {}  # this tick's observations, by agent
+        self._persona_texts: dict[str, tuple[Persona, str]] = {}  # agent -> (persona, its text)
         self._handlers = {
             "move": self._move,
             "go_to": self._go_to,
@@ -191,9 +192,16 @@ class Village(World):
 
     def persona_text(self, agent: str) -> str:
         """The persona, then its ways in this village (:func:`observation.ways`: its trade terms
-        and habits, the numbers its traits give them)."""
+        and habits, the numbers its traits give them). Personas are frozen, so the text is made
+        once per persona object (every agent's prompt asks for it every tick)."""
         persona = self.persona(agent)
-        return persona.describe() + "\n" + ways(persona.role, persona.traits)
+        hit = self._persona_texts.get(agent)
+        if hit is None or hit[0] is not persona:
+            hit = self._persona_texts[agent] = (
+                persona,
+                persona.describe() + "\n" + ways(persona.role, persona.traits),
+            )
+        return hit[1]
 
     def expert(self, persona: Persona, observation: Any) -> BaseModel:
         from worlds.village.expert import expert_action
