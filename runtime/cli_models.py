@@ -26,13 +26,15 @@ def cmd_models_list(args: argparse.Namespace) -> int:
                     m.get("parameters"),
                     m.get("active_parameters"),
                     m.get("quantized") or "fp32",
+                    f"from segment {art.info.skip_segments + 1}" if art.info.skip_segments else "all",
                     "ok",
                     str(path),
                 ]
             )
         except ModelError as e:
-            rows.append([name, "?", None, None, None, f"broken: {e}", str(path)])
-    columns = ["name", "architecture", "parameters", "active", "weights", "status", "path"]
+            rows.append([name, "?", None, None, None, None, f"broken: {e}", str(path)])
+    # "reads": the prompt segments the model reads (a lean student skips the world's rules)
+    columns = ["name", "architecture", "parameters", "active", "weights", "reads", "status", "path"]
     print_table(console, "installed models", columns, rows)
     if not rows:
         console.print("no models installed; searched: " + ", ".join(str(p) for p in search_path()))

@@ -32,6 +32,18 @@ def test_the_default_models_ship_and_are_found_first():
     assert size <= 30 * 2**20, f"shipped models take {size / 2**20:.1f} MiB"
 
 
+def test_the_shipped_student_reads_prompts_without_the_rules_and_the_teacher_with_them(capsys):
+    from runtime.cli import main as cli_main
+
+    assert load_model_dir(SHIPPED_DIR / STUDENT).info.skip_segments == 1  # the lean rounds
+    assert load_model_dir(SHIPPED_DIR / TEACHER).info.skip_segments == 0  # the cascade's teacher reads all
+    card = json.loads((SHIPPED_DIR / STUDENT / "model_card.json").read_text())
+    assert card["built"]["lean"]["skip_segments"] == 1 and card["built"]["lean"]["rounds"] >= 1
+    assert cli_main(["models", "list"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if f" {STUDENT} " in line]
+    assert rows and "from segment 2" in rows[0]  # the listing says what it reads
+
+
 @pytest.mark.parametrize("name", REQUIRED)
 def test_shipped_model_verifies_and_has_a_card(name):
     art = load_model_dir(SHIPPED_DIR / name)  # every checksum, the card's included
