@@ -455,12 +455,21 @@ def build_models(
         runs["student"] = final_dir / f"round{last - 1}" / "run"
 
     def export(
-        run: str, name: str, cfg: Any, deps: tuple[str, ...], hf: Path | None = None, to: Path | None = None
+        run: str,
+        name: str,
+        cfg: Any,
+        deps: tuple[str, ...],
+        *,
+        hf: Path | None = None,
+        to: Path | None = None,
+        key: str | None = None,
     ) -> Path:
+        """Stage ``export-{key or run}``: ``hf`` (by default the run's weights) to ``to`` (by default
+        the shipped ``out_root/name``)."""
         target = to or out_root / name
         extra = {"task": "act", "preset": cfg.preset, "seed": seed, "build_scale": scale}
         hf = hf or (student_hf if run == "student" else runs[run] / "hf")
-        key = "rules-student" if to is not None else run
+        key = key or run
 
         def export_stage() -> None:
             export_trained(hf, work / "export-src" / key, target, name, extra, keep_hf=run == "student")
@@ -472,7 +481,14 @@ def build_models(
     # With a lean phase the refined student (it reads the rules) stays in the work directory: its
     # rollouts are the teacher's and the baseline's states, and the lean phase starts from it.
     rules_dir = work / "student-rules" if lean else None
-    student_dir = export("student", STUDENT, plan.student, ("dagger-student",), to=rules_dir)
+    student_dir = export(
+        "student",
+        STUDENT,
+        plan.student,
+        ("dagger-student",),
+        to=rules_dir,
+        key="rules-student" if lean else None,
+    )
     if lean:
         lean_dir = work / "lean"
         lean_cfg = replace(plan.student, skip_segments=plan.lean_skip)
@@ -484,7 +500,7 @@ def build_models(
         dagger = {**dagger, "lean": stage("lean-student", [lean_dir / "hf"], lean_stage, ("dagger-student",))}
         runs["student"] = lean_dir / f"round{lean.rounds - 1}" / "run"
     states: dict[str, Any] = {}
-    if plan.states:  # the final student drives fresh worlds; teacher and baseline learn its states
+    if plan.states:  # the refined student drives fresh worlds; teacher and baseline learn its states
         from exports.dagger import fine_tune_on_states, world_rollouts
 
         kw = {"threads": plan.student.threads, "progress": progress}
