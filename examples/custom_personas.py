@@ -1,7 +1,7 @@
 """Define your own villagers in plain Python and drop them into the village.
 
     python -m examples.custom_personas                      # scripted expert brain
-    python -m examples.custom_personas --model DIR          # every decision from a model, via Ray
+    python -m examples.custom_personas --model village-act  # every decision from a model (name or DIR), via Ray
 
 A persona is a pydantic model: a bad one (unknown trait, value out of 0..1, unknown role) fails
 right here, at definition time, with a message that says what to fix.
@@ -53,7 +53,11 @@ def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--ticks", type=int, default=48, help="ticks to run (48 = one day)")
     p.add_argument("--seed", type=int, default=7)
-    p.add_argument("--model", default=None, help="a model directory: the model brain decides through Ray")
+    p.add_argument(
+        "--model",
+        default=None,
+        help="an installed model's name or a model directory: the model brain decides through Ray",
+    )
     p.add_argument("--snapshot", default=None, help="write a PNG of the final tick here")
     args = p.parse_args(argv)
 
@@ -65,11 +69,13 @@ def main(argv: list[str] | None = None) -> dict:
     scheduler = None
     if args.model:
         from runtime.artifacts import load_model_dir
+        from runtime.cli_common import resolve_model
         from runtime.scheduler import ModelSpec, Scheduler
         from runtime.worker import WorkerConfig
 
-        name = load_model_dir(args.model).name
-        scheduler = Scheduler([ModelSpec(WorkerConfig(args.model, name=name), num_cpus=0.5)])
+        model_dir = resolve_model(args.model)  # a name from `murmurate models list`, or a directory
+        name = load_model_dir(model_dir).name
+        scheduler = Scheduler([ModelSpec(WorkerConfig(str(model_dir), name=name), num_cpus=0.5)])
         brain = ModelBrain(world, model=name)
     else:
         brain = ExpertBrain(world)
