@@ -214,13 +214,24 @@ def hf_weights_dir(art: ModelArtifacts) -> Path:
 
     The manifest's ``hf_dir`` (absolute, or relative to the model directory); else ``hf/`` inside
     the model directory; else ``hf/`` next to it (an imported model: ``<name>/onnx`` and
-    ``<name>/hf``). The directory may not exist: callers check for ``config.json``.
+    ``<name>/hf``). A quantized copy with no transformers weights of its own (``models quantize``)
+    gets those of the installed model it was made from (``quantized_from``): the same weights before
+    quantization. The directory may not exist: callers check for ``config.json``.
     """
     declared = art.manifest.get("hf_dir")
     if declared:
-        return art.path / declared  # an absolute path stays absolute
-    inside = art.path / "hf"
-    return inside if (inside / "config.json").is_file() else art.path.parent / "hf"
+        found = art.path / declared  # an absolute path stays absolute
+    else:
+        inside = art.path / "hf"
+        found = inside if (inside / "config.json").is_file() else art.path.parent / "hf"
+    source = art.manifest.get("quantized_from")
+    if not (found / "config.json").is_file() and source:
+        from runtime.registry import find_model
+
+        src = find_model(str(source))
+        if src is not None and src.resolve() != art.path.resolve():
+            return hf_weights_dir(load_model_dir(src, verify=False))
+    return found
 
 
 def _check_graph(onnx_path: Path, info: ModelInfo) -> None:

@@ -369,7 +369,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="agent count of the baselines (default 100, 10 with --quick; 0: none)",
     )
-    village.add_argument("--hf-sample", type=int, default=16, help="agents timed for per_agent_hf")
+    village.add_argument(
+        "--hf-sample", type=int, default=48, help="agents timed for per_agent_hf (after one untimed call)"
+    )
     _add_worker_args(village)
     village.add_argument(
         "--cache-mb", type=int, default=768, help="radix-cache budget per worker, MiB (default 768)"

@@ -43,6 +43,15 @@ def test_the_shipped_student_reads_prompts_without_the_rules_and_the_teacher_wit
     rows = [line for line in capsys.readouterr().out.splitlines() if f" {STUDENT} " in line]
     assert rows and "from segment 2" in rows[0]  # the listing says what it reads
 
+    # The int8 copy has no transformers weights of its own: baselines use those it was made from.
+    from runtime.artifacts import hf_weights_dir
+
+    int8 = load_model_dir(SHIPPED_DIR / "village-act-int8")
+    assert (
+        int8.info.skip_segments == 1
+        and hf_weights_dir(int8).resolve() == (SHIPPED_DIR / STUDENT / "hf").resolve()
+    )
+
 
 @pytest.mark.parametrize("name", REQUIRED)
 def test_shipped_model_verifies_and_has_a_card(name):
