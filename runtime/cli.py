@@ -18,7 +18,7 @@ from pathlib import Path
 from runtime.cli_common import auto_worker_cpus, auto_workers, console, has_display, resolve_model
 from runtime.cli_models import add_models_parser
 
-DEFAULT_MODEL = "village-act"
+DEFAULT_MODEL = "village-act-int8"  # the act student's int8 copy (worlds/village/cast.py)
 """The shipped act student: what ``murmurate run village`` thinks with."""
 DEFAULT_TEACHER = "village-act-teacher"
 
@@ -360,7 +360,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="ticks the scripted expert plays first, so agents have memories, trades and talk (default: "
         "half a day)",
     )
-    village.add_argument("--model", default="village-act", help="the act model (name or directory)")
+    village.add_argument(
+        "--model", default=DEFAULT_MODEL, help=f"the act model (name or directory; default {DEFAULT_MODEL})"
+    )
     village.add_argument("--teacher", default="village-act-teacher", help="teacher of the cascade baseline")
     village.add_argument("--no-teacher", action="store_true", help="skip the cascade baseline")
     village.add_argument(

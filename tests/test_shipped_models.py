@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from exports.build import DENSE, STUDENT, TEACHER
+from exports.build import DENSE, INT8, STUDENT, TEACHER
 from runtime.artifacts import ModelError, load_model_dir
 from runtime.registry import find_model, search_path
 
@@ -127,7 +127,8 @@ def test_run_village_thinks_with_the_shipped_student_by_default(ray_session, tmp
         main(["run", "village", "--ticks", "3", "--headless", "--out", str(out), "--worker-cpus", "0.5"]) == 0
     )
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["brain"] == "ModelBrain" and summary["model"] == STUDENT
+    # the act student's int8 copy: the same decisions, faster (worlds/village/cast.py)
+    assert summary["brain"] == "ModelBrain" and summary["model"] == INT8
     assert summary["decisions"] == 36 and summary["fallbacks"] == 0
 
 
@@ -139,4 +140,4 @@ def test_run_village_cascade_escalates_to_the_shipped_teacher(ray_session, tmp_p
     args = ["run", "village", "--ticks", "2", "--headless", "--out", str(out), "--worker-cpus", "0.5"]
     assert main([*args, "--cascade", "--threshold", "0.8"]) == 0
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["model"] == f"{STUDENT}>{TEACHER}" and summary["decisions"] == 24
+    assert summary["model"] == f"{INT8}>{TEACHER}" and summary["decisions"] == 24

@@ -37,7 +37,7 @@ class ScoreBenchConfig:
             choices are worth.
     """
 
-    model: str = "village-act"
+    model: str = "village-act-int8"
     teacher: str | None = None
     threshold: float = 0.9
     runs: int = 5

@@ -33,7 +33,7 @@ class VillageBenchConfig:
     counts: tuple[int, ...] = (10, 100, 1000)
     ticks: int = 3
     warmup_ticks: int = 24  # played by the scripted expert before any model tick (0: a fresh village)
-    model: str = "village-act"
+    model: str = "village-act-int8"
     teacher: str | None = "village-act-teacher"
     baseline_agents: int = 100
     hf_sample: int = 48  # per-agent transformers calls timed, after one untimed (the rate extrapolates)
