@@ -337,26 +337,6 @@ def prepare_tokenizer(hf_dir: Path, data: ActDataset, source: str | Path | None,
             shutil.copy(Path(source) / name, hf_dir / name)
 
 
-def runtime_tokenizer(hf_dir: str | Path, skip_segments: int | None = None) -> tuple[Any, int, int]:
-    """The runtime tokenizer of ``hf_dir`` and its EOS and PAD ids.
-
-    ``skip_segments``: leading prompt segments the model does not read; by default what the
-    directory's ``config.json`` says (``prompt_skip_segments``), 0 when it has none.
-    """
-    import json
-
-    from exports.tokenizer import EOS, PAD
-    from runtime.tokenizer import Tokenizer
-
-    if skip_segments is None:
-        config = Path(hf_dir) / "config.json"
-        skip_segments = (
-            json.loads(config.read_text()).get("prompt_skip_segments", 0) if config.is_file() else 0
-        )
-    tok = Tokenizer(Path(hf_dir) / "tokenizer.json", skip_segments=int(skip_segments or 0))
-    return tok, tok.token_to_id(EOS), tok.token_to_id(PAD)
-
-
 def encode_example(tok: Any, ex: ActExample, eos_id: int) -> tuple[list[int], list[int]]:
     """Token ids of ``ex`` as the runtime sees them.
 

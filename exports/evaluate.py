@@ -24,11 +24,11 @@ from exports.dataset import (
     ActionScore,
     encode_split,
     load_dataset,
-    runtime_tokenizer,
     seeded_sample,
 )
 from exports.tokenizer import EOS as EOS_TOKEN
 from exports.tokenizer import PAD as PAD_TOKEN
+from exports.tokenizer import runtime_tokenizer
 from exports.train import _device_of, make_batch, prefix_cache, target_logits
 
 

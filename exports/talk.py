@@ -138,7 +138,9 @@ def utterance_stats(texts: list[str]) -> dict[str, float]:
         w = re.findall(r"[a-z']+", text.lower())
         bigrams = list(zip(w, w[1:]))
         counts, bcounts = Counter(x for x in w if len(x) >= 3), Counter(bigrams)
-        repetitive += bool(counts and max(counts.values()) >= 3) or bool(bcounts and max(bcounts.values()) >= 2)
+        repetitive += bool(counts and max(counts.values()) >= 3) or bool(
+            bcounts and max(bcounts.values()) >= 2
+        )
         pairs += len(bigrams)
         distinct += len(bcounts)
         words += len(w)
@@ -160,7 +162,10 @@ def heldout_generations(
 
     batcher = build_batcher(WorkerConfig(str(model_dir), threads=threads, cache_bytes=1 << 28))
     sampling = SamplingParams(max_tokens=new_tokens, no_repeat_ngram_size=no_repeat_ngram_size)
-    reqs = [Request(model="talk", prompt=tuple(ex.prompt), sampling=sampling, id=f"talk-{i}") for i, ex in enumerate(examples)]
+    reqs = [
+        Request(model="talk", prompt=tuple(ex.prompt), sampling=sampling, id=f"talk-{i}")
+        for i, ex in enumerate(examples)
+    ]
     return [" ".join(r.text.split()) for r in batcher.run(reqs)]
 
 
@@ -186,9 +191,9 @@ def build_talk_model(
 
     from exports.build import _digest
     from exports.card import write_model_card
-    from exports.dataset import runtime_tokenizer
     from exports.onnx_export import export_trained
     from exports.presets import ModelArgs
+    from exports.tokenizer import runtime_tokenizer
     from exports.train import TrainConfig, build_model, train
     from runtime.cli_common import resolve_model
 
@@ -237,7 +242,9 @@ def build_talk_model(
     generation = {
         "teacher": utterance_stats([ex.target for ex in heldout]),
         "student": utterance_stats(heldout_generations(target, heldout, spec.new_tokens, threads)),
-        "student_no_repeat_3": utterance_stats(heldout_generations(target, heldout, spec.new_tokens, threads, 3)),
+        "student_no_repeat_3": utterance_stats(
+            heldout_generations(target, heldout, spec.new_tokens, threads, 3)
+        ),
     }
     card = write_model_card(
         target,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
@@ -72,3 +73,20 @@ def save_tokenizer(tok: Tokenizer, out_dir: str | Path, model_max_length: int = 
 
 def special_ids(tok: Tokenizer) -> dict[str, int]:
     return {"eos": tok.token_to_id(EOS), "pad": tok.token_to_id(PAD)}
+
+
+def runtime_tokenizer(hf_dir: str | Path, skip_segments: int | None = None) -> tuple[Any, int, int]:
+    """The runtime tokenizer of ``hf_dir`` and its EOS and PAD ids.
+
+    ``skip_segments``: leading prompt segments the model does not read; by default what the
+    directory's ``config.json`` says (``prompt_skip_segments``), 0 when it has none.
+    """
+    from runtime.tokenizer import Tokenizer
+
+    if skip_segments is None:
+        config = Path(hf_dir) / "config.json"
+        skip_segments = (
+            json.loads(config.read_text()).get("prompt_skip_segments", 0) if config.is_file() else 0
+        )
+    tok = Tokenizer(Path(hf_dir) / "tokenizer.json", skip_segments=int(skip_segments or 0))
+    return tok, tok.token_to_id(EOS), tok.token_to_id(PAD)

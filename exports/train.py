@@ -42,9 +42,9 @@ from exports.dataset import (
     encode_split,
     load_dataset,
     prepare_tokenizer,
-    runtime_tokenizer,
 )
 from exports.presets import ModelArgs
+from exports.tokenizer import runtime_tokenizer
 
 IGNORE = -100
 HELDOUT = ("heldout_seed", "heldout_persona")

@@ -20,12 +20,12 @@ from exports.dataset import (  # noqa: E402
     build_act_dataset,
     encode_split,
     load_dataset,
-    runtime_tokenizer,
     save_dataset,
 )
 from exports.distill import distill_loss  # noqa: E402
 from exports.evaluate import evaluate, greedy_decode, loss_by_field, name_tokens  # noqa: E402
 from exports.presets import PRESETS, ModelArgs  # noqa: E402
+from exports.tokenizer import runtime_tokenizer  # noqa: E402
 from exports.train import (  # noqa: E402
     TrainConfig,
     build_model,
