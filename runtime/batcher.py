@@ -22,6 +22,7 @@ from runtime.choices import ChoiceTracker, restrict
 from runtime.constrained import ConstraintCompiler, ConstraintError
 from runtime.engine import BatchKV, OrtEngine
 from runtime.kv_cache import RadixCache, TreeNode, common_prefix_length
+from runtime.passcost import PassCostModel, group_rows
 from runtime.sampling import NgramBlocker, request_rng, sample_tokens
 from runtime.tokenizer import Tokenizer
 from runtime.types import Request, Result
@@ -93,6 +94,9 @@ class Batcher:
             64 village prompts decided 25% slower). At least one request is always admitted.
         share_prefixes: compute a prefix shared by several newly admitted requests once.
         min_shared_tokens: shortest shared prefix worth a pass of its own.
+        prefill_grouping: how admitted rows are split into prefill passes: ``"cost"`` (least total
+            cost under a model of pass cost fitted to this batcher's own passes) or ``"padding"``
+            (by tail length alone); see :meth:`_prefill_groups`.
     """
 
     def __init__(
@@ -104,7 +108,10 @@ class Batcher:
         max_prefill_tokens: int = 8192,
         share_prefixes: bool = True,
         min_shared_tokens: int = 16,
+        prefill_grouping: str = "cost",
     ):
+        if prefill_grouping not in ("cost", "padding"):
+            raise ValueError(f"prefill_grouping must be 'cost' or 'padding', not {prefill_grouping!r}")
         self.engine = engine
         self.tok = tokenizer
         self.cache = cache
@@ -112,6 +119,8 @@ class Batcher:
         self.max_prefill_tokens = max_prefill_tokens
         self.share_prefixes = share_prefixes and cache is not None
         self.min_shared_tokens = min_shared_tokens
+        self.prefill_grouping = prefill_grouping
+        self.pass_cost = PassCostModel()
         self.context = engine.info.max_position_embeddings
         self.compiler = ConstraintCompiler(
             tokenizer.to_json(), engine.info.vocab_size, tokenizer.eos_token_ids
@@ -304,8 +313,28 @@ class Batcher:
             self.stats.requests += 1
             self.stats.prompt_tokens += len(seq.prompt)
             self.stats.cached_tokens += seq.cached
-        # group by length so padding stays small: rows × longest ≤ 2 × real tokens
-        admitted.sort(key=lambda s: len(s.pending))
+        for group in self._prefill_groups(admitted):
+            t0 = time.perf_counter()
+            shape = len(group), max(len(s.pending) for s in group), max(s.cached for s in group)
+            logits, kv = self._forward_prefill(group, sample=True)
+            alive = self._sample_rows(group, logits)
+            self.pass_cost.observe(*shape, time.perf_counter() - t0)
+            if alive:
+                self.cohorts.append(([group[i] for i in alive], kv.select(alive)))
+        self._merge_small_cohorts()
+
+    def _prefill_groups(self, admitted: list[Sequence]) -> list[list[Sequence]]:
+        """Split the rows admitted together into prefill passes.
+
+        ``"cost"``: the split :func:`runtime.passcost.group_rows` predicts cheapest, padding to both
+        the longest new tail and the longest cached prefix counted. ``"padding"``: rows sorted by
+        tail length, a pass closed when its padded tails would exceed twice its real tokens (cached
+        prefixes not counted; the rule before the cost model, kept for comparison).
+        """
+        if self.prefill_grouping == "cost":
+            rows = [(s.cached, len(s.pending)) for s in admitted]
+            return [[admitted[i] for i in g] for g in group_rows(rows, self.pass_cost)]
+        admitted = sorted(admitted, key=lambda s: len(s.pending))
         groups, cur = [], []
         for s in admitted:
             if cur and len(s.pending) * (len(cur) + 1) > 2 * (
@@ -315,12 +344,7 @@ class Batcher:
                 cur = []
             cur.append(s)
         groups.append(cur)
-        for group in groups:
-            logits, kv = self._forward_prefill(group, sample=True)
-            alive = self._sample_rows(group, logits)
-            if alive:
-                self.cohorts.append(([group[i] for i in alive], kv.select(alive)))
-        self._merge_small_cohorts()
+        return groups
 
     def _merge_small_cohorts(self) -> None:
         """Cohorts under ``min_cohort_rows`` rows decode as one batch (a decode pass has a fixed cost;

@@ -32,6 +32,9 @@ class WorkerConfig:
         threads: ONNX Runtime intra-op threads (0 = all cores).
         max_batch_size: most rows decoding together.
         max_prefill_tokens: most prompt tokens (cached ones included) admitted per step.
+        prefill_grouping: how rows admitted together are split into prefill passes (``"cost"``:
+            least predicted cost; ``"padding"``: by tail length only; see
+            :meth:`runtime.batcher.Batcher._prefill_groups`).
         cache_bytes: radix cache budget; 0 disables prefix caching.
         cache_policy: what the radix cache evicts first: ``"lfu"`` (least often hit, then least
             recently used: an agent's persona, hit every tick, outlives the one-off observation
@@ -50,6 +53,7 @@ class WorkerConfig:
     threads: int = 0
     max_batch_size: int = 64
     max_prefill_tokens: int = 8192
+    prefill_grouping: str = "cost"
     cache_bytes: int = 512 << 20
     cache_policy: str = "lfu"
     verify: bool = True
@@ -75,7 +79,12 @@ def build_batcher(cfg: WorkerConfig):
     tok = model_tokenizer(art)
     cache = RadixCache(cfg.cache_bytes, policies[cfg.cache_policy]()) if cfg.cache_bytes > 0 else None
     return Batcher(
-        engine, tok, cache, max_batch_size=cfg.max_batch_size, max_prefill_tokens=cfg.max_prefill_tokens
+        engine,
+        tok,
+        cache,
+        max_batch_size=cfg.max_batch_size,
+        max_prefill_tokens=cfg.max_prefill_tokens,
+        prefill_grouping=cfg.prefill_grouping,
     )
 
 
