@@ -85,6 +85,12 @@ class TrainConfig:
             rules, which every prompt repeats word for word, so a model that learned them need not
             read them). Saved in the model's config (``prompt_skip_segments``); the runtime drops
             the same segments for it.
+        rename: share of the drawn examples whose villagers are renamed at random (consistently in
+            prompt and target; :mod:`exports.augment`), so the model learns to copy names from the
+            prompt instead of the names of its training worlds.
+        reorder: share of the drawn examples whose agents within reach and offers are shuffled and
+            labelled anew by the scripted expert (:func:`exports.augment.reorder`), so the model
+            learns the rules that pick a partner from an ordered list.
     """
 
     preset: str = "act-moe"
@@ -108,6 +114,8 @@ class TrainConfig:
     alpha: float = 0.7
     balance: float = 0.0
     skip_segments: int = 0
+    rename: float = 0.0
+    reorder: float = 0.0
 
 
 def make_batch(enc: Encoded, idx: Sequence[int], pad_id: int) -> dict[str, torch.Tensor]:
@@ -311,6 +319,7 @@ def train(
         The metrics (also written to ``metrics.json``): final training loss, wall time, tokens, and
         per held-out split the loss and exact-match accuracy.
     """
+    from exports.augment import augmented_batch, make_shuffler
     from exports.distill import distill_loss, load_teacher
     from exports.evaluate import evaluate
 
@@ -364,12 +373,21 @@ def train(
         range(start, end), desc=f"train {cfg.preset}", initial=start, total=cfg.steps, disable=not progress
     )
     p = kind_weights([e.target for e in enc.examples], cfg.balance) if cfg.balance else None
+    shuffler = make_shuffler(data) if cfg.rename else None
+    augment = bool(cfg.rename or cfg.reorder)
     for step in bar:
         if p is None:
             idx = batch_indices(len(enc.suffix), cfg.batch_size, step, cfg.seed)
         else:
             idx = balanced_indices(p, cfg.batch_size, step, cfg.seed)
-        batch = make_batch(enc, idx, pad_id)
+        if augment:  # seeded by step: a resumed run draws the same variations
+            rng = np.random.default_rng([cfg.seed, 3, step])
+            varied = augmented_batch(
+                enc, idx, tok, eos_id, rng, shuffler=shuffler, rename=cfg.rename, reorder_share=cfg.reorder
+            )
+            batch = make_batch(varied, range(len(idx)), pad_id)
+        else:
+            batch = make_batch(enc, idx, pad_id)
         for g in opt.param_groups:
             g["lr"] = lr_at(cfg, step)
         batch = {k: v.to(device) for k, v in batch.items()}
