@@ -188,7 +188,7 @@ def build_models(
         lambda: run_training(student_cfg, runs["student"]),
         ("train-teacher",),
     )
-    from exports.dagger import run_dagger
+    from exports.dagger import last_run, run_dagger
     from exports.onnx_export import export_trained
 
     dagger_dir, refine_dir = work / "dagger", work / "refine"
@@ -206,8 +206,7 @@ def build_models(
     # The shipped student is the DAgger-tuned one; its torch metrics are its last round's.
     student_hf = final_dir / "hf"
     if plan.dagger.rounds:
-        last = refine.rounds if refine else plan.dagger.rounds
-        runs["student"] = final_dir / f"round{last - 1}" / "run"
+        runs["student"] = last_run(final_dir, refine or plan.dagger)
 
     def export(
         run: str,
@@ -253,7 +252,7 @@ def build_models(
             return run_dagger(student_hf, data, lean_dir, lean, lean_cfg, **kw)
 
         dagger = {**dagger, "lean": stage("lean-student", [lean_dir / "hf"], lean_stage, ("dagger-student",))}
-        runs["student"] = lean_dir / f"round{lean.rounds - 1}" / "run"
+        runs["student"] = last_run(lean_dir, lean)
     states: dict[str, Any] = {}
     if plan.states:  # the refined student drives fresh worlds; teacher and baseline learn its states
         from exports.dagger import fine_tune_on_states, world_rollouts

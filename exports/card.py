@@ -431,6 +431,10 @@ def write_build_cards(
 
 
 def _rounds(cfg: Any, info: dict[str, Any] | None) -> dict[str, Any]:
-    """A DAgger phase for a card: its configuration, each round's record and the examples added."""
+    """A DAgger phase for a card: its configuration, each round's record, the examples added and,
+    with a polish, its held-out record."""
     info = info or {}
-    return {**asdict(cfg), "rounds_run": info.get("rounds"), "examples": info.get("examples")}
+    out = {**asdict(cfg), "rounds_run": info.get("rounds"), "examples": info.get("examples")}
+    if cfg.polish_steps:
+        out["polish"] = info.get("polish")
+    return out

@@ -56,6 +56,13 @@ class DaggerConfig:
         seed: seeds the world seeds, the sampling and the fine-tuning order.
         balance: the fine-tuning's sampling by action kind (:class:`exports.train.TrainConfig`;
             0.5 draws rare decisions — sales, trades, talk — more often than their share).
+        polish_steps: after the last round, fine-tune this many steps more from its weights on the
+            training split plus every round's examples (seed ``seed + 100``, the rounds' learning
+            rate and balance), with the augmentations below (0: no polish).
+        polish_rename: the polish's share of drawn examples with their villagers renamed
+            (``TrainConfig.rename``).
+        polish_reorder: the polish's share of drawn examples reordered and relabelled
+            (``TrainConfig.reorder``).
     """
 
     rounds: int = 5
@@ -67,6 +74,13 @@ class DaggerConfig:
     lr: float = 1e-3
     seed: int = 0
     balance: float = 0.0
+    polish_steps: int = 0
+    polish_rename: float = 0.0
+    polish_reorder: float = 0.0
+
+
+POLISH_FIELDS = ("polish_steps", "polish_rename", "polish_reorder")
+"""Fields that change only the polish: the rounds before it are reused when they change."""
 
 
 def fresh_cast(spec: DatasetSpec, world: int, round_: int, seed: int) -> list[Any]:
@@ -302,7 +316,7 @@ def run_dagger(
 
     Returns:
         Per round: examples added, the starting model's on-policy match and the fine-tuned
-        model's held-out metrics.
+        model's held-out metrics; with ``cfg.polish_steps``, the polish's held-out metrics.
     """
     from exports.onnx_export import export_model
     from runtime.artifacts import sha256_file
@@ -312,7 +326,7 @@ def run_dagger(
     # the round count is not part of the marker, so more rounds extend a finished run.
     source = {
         "student": sha256_file(current / "model.safetensors"),
-        "config": {k: v for k, v in asdict(cfg).items() if k != "rounds"},
+        "config": {k: v for k, v in asdict(cfg).items() if k != "rounds" and k not in POLISH_FIELDS},
         "rollouts": ROLLOUTS,
     }
     marker = work / "source.json"
@@ -364,8 +378,30 @@ def run_dagger(
             shutil.rmtree(onnx_dir, ignore_errors=True)
         rounds.append(record)
         current = rdir / "run" / "hf"
+    info: dict[str, Any] = {"rounds": rounds, "examples": len(added)}
+    polish_run = work / "polish"
+    if cfg.polish_steps:
+        tune = replace(cfg, steps=cfg.polish_steps, seed=cfg.seed + 100)
+        augmented = replace(train_cfg, rename=cfg.polish_rename, reorder=cfg.polish_reorder)
+        m = fine_tune_on_states(
+            current, data, added, polish_run, tune, augmented, threads=threads, progress=progress
+        )
+        info["polish"] = {
+            s: {k: m[s][k] for k in ("exact_match", "loss")}
+            for s in ("heldout_seed", "heldout_persona")
+            if s in m
+        }
+        current = polish_run / "hf"
+    elif polish_run.exists():
+        shutil.rmtree(polish_run)
     final = work / "hf"
     if final.exists():
         shutil.rmtree(final)
     shutil.copytree(current, final)
-    return {"rounds": rounds, "examples": len(added)}
+    return info
+
+
+def last_run(work: Path, cfg: DaggerConfig) -> Path:
+    """The run directory whose weights :func:`run_dagger` left in ``work/hf`` (its metrics are the
+    shipped model's torch metrics): the polish's, or the last round's."""
+    return work / "polish" if cfg.polish_steps else work / f"round{cfg.rounds - 1}" / "run"

@@ -201,7 +201,9 @@ def make_plan(
         dagger = DaggerConfig(rounds=1, worlds=1, ticks=6, sample_rate=0.5, steps=4, seed=seed)
         refine = replace(dagger, seed=seed + REFINE_SEED, balance=0.5)
         states = replace(dagger, seed=seed + STATES_SEED, balance=0.5)
-        lean = replace(dagger, seed=seed + LEAN_SEED, balance=0.5)
+        lean = replace(
+            dagger, seed=seed + LEAN_SEED, balance=0.5, polish_steps=4, polish_rename=0.5, polish_reorder=0.5
+        )
         plan = BuildPlan(
             "tiny", data, 512, teacher, dense, student, 6, 6, 6, 0.9, dagger, refine, states, lean
         )
@@ -216,7 +218,11 @@ def make_plan(
         refine = DaggerConfig(rounds=REFINE_ROUNDS, seed=seed + REFINE_SEED, balance=0.5)
         # 48 worlds (≈ 50k examples); 1,200 steps of 32 from the trained weights.
         states = DaggerConfig(rounds=1, worlds=48, steps=1200, seed=seed + STATES_SEED, balance=0.5)
-        lean = DaggerConfig(rounds=LEAN_ROUNDS, seed=seed + LEAN_SEED, balance=0.5)
+        # The lean rounds, then 1,600 steps on their examples with half the villagers renamed at
+        # random (docs/models.md, "Renamed villagers"): the names of unseen personas get copied.
+        lean = DaggerConfig(
+            rounds=LEAN_ROUNDS, seed=seed + LEAN_SEED, balance=0.5, polish_steps=1600, polish_rename=0.5
+        )
         plan = BuildPlan(
             "full",
             data,

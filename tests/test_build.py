@@ -86,6 +86,9 @@ def test_build_runs_every_stage_and_makes_three_carded_models(built):
     # ...and last the lean rounds, on prompts without the rules, which the runtime then drops for it.
     lean = student["built"]["lean"]
     assert lean["skip_segments"] == 1 and lean["examples"] > 0 and teacher["built"]["lean"] is None
+    # ...closed by a polish on renamed and reordered examples, whose weights are the ones shipped
+    assert lean["polish_steps"] > 0 and set(lean["polish"]) == {"heldout_seed", "heldout_persona"}
+    assert (out / ".build" / "lean" / "polish" / "hf").is_dir()
     assert load_model_dir(out / STUDENT).info.skip_segments == 1
     assert load_model_dir(out / TEACHER).info.skip_segments == 0
     assert (out / ".build" / "student-rules" / "model.onnx").is_file()  # its rollouts are the states
