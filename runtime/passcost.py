@@ -11,14 +11,15 @@ columns (also padded) costs, to a good approximation on CPU,
 - ``per_slot``: the projections and MLP of one token slot;
 - ``per_column``: one token slot attending to one KV column (scores, softmax, weighted values).
 
-Measured on the 2-core benchmark VM with the shipped student (``python /dev/null`` aside,
-``exports.graph.model_feeds`` at ``(B, T, W)`` = (1, 1, 232), (16, 40, 0), (16, 79, 0), (16, 79, 232)):
-0.18 ms, 3.2 µs and 0.021 µs: attending to the ≈ 230 cached prompt tokens costs twice the slot
+Timed in ONNX Runtime (one thread) on the 2-core benchmark VM with the shipped student, random
+inputs from ``exports.graph.model_feeds`` at ``(B, T, W)`` = (1, 1, 232), (16, 40, 0), (16, 79, 0)
+and (16, 79, 232): ``fixed`` 0.18 ms, ``per_slot`` 3.2 µs, ``per_column`` 0.021 µs — attending to the ≈ 230 cached prompt tokens costs twice the slot
 itself. A tick's prompts differ in both how much of them is cached (``W``: persona and memories) and
 how long their new tail is (``T``), and every row of a pass is padded to the longest of each, so
 half the attention work of a pass that groups rows by tail length alone went to padding.
 
-:class:`PassCostModel` fits the three coefficients by least squares to every pass the batcher times
+:class:`PassCostModel` fits the four coefficients by least squares to every prefill pass the batcher
+times (forward, sampling and caching together)
 (decayed, so it follows the machine; a prior from the figures above holds until enough passes are
 seen), and :func:`group_rows` splits the rows admitted together into the passes that cost least in
 all under it (a dynamic programme over the rows sorted by tail length, then cached length).
@@ -31,8 +32,9 @@ from collections.abc import Sequence
 import numpy as np
 
 PRIOR = (0.3e-3, 0.05e-3, 3.2e-6, 0.021e-6)
-"""``(fixed, per_row, per_slot, per_column)`` seconds before any pass is seen (the tiny act student on the
-benchmark VM, ``fixed`` with the batcher's Python around the call)."""
+"""``(fixed, per_row, per_slot, per_column)`` seconds before any pass is seen: the tiny act student's
+figures above, ``fixed`` with the batcher's Python around the call, ``per_row`` a guess that the
+first passes correct."""
 
 
 class PassCostModel:
