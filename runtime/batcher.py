@@ -22,10 +22,10 @@ from runtime.choices import ChoiceTracker, restrict
 from runtime.constrained import ConstraintCompiler, ConstraintError
 from runtime.engine import BatchKV, OrtEngine
 from runtime.kv_cache import RadixCache, TreeNode, common_prefix_length
-from runtime.passcost import PassCostModel, group_rows
+from runtime.passcost import PassCostModel, group_by_tail, group_rows
 from runtime.sampling import NgramBlocker, request_rng, sample_tokens
 from runtime.tokenizer import Tokenizer
-from runtime.types import Request, Result
+from runtime.types import BatcherStats, Request, Result
 
 log = logging.getLogger(__name__)
 
@@ -57,27 +57,6 @@ class Sequence:
     @property
     def max_tokens(self) -> int:
         return self.req.sampling.max_tokens
-
-
-@dataclass
-class BatcherStats:
-    requests: int = 0
-    prompt_tokens: int = 0
-    cached_tokens: int = 0
-    shared_prefill_tokens: int = 0
-    generated_tokens: int = 0
-    forced_tokens: int = 0
-    prefill_passes: int = 0
-    decode_passes: int = 0
-    engine_s: float = 0.0  # inside ONNX Runtime
-    step_s: float = 0.0  # inside :meth:`Batcher.step` (engine included)
-    add_s: float = 0.0  # queueing requests: tokenizing, compiling constraints
-    engine_cpu_s: float = 0.0  # CPU time of this thread in ONNX Runtime (its own pool threads not counted)
-    step_cpu_s: float = 0.0  # CPU time of this thread in step() and add_many(): wall minus CPU is waiting
-
-    @property
-    def hit_ratio(self) -> float:
-        return self.cached_tokens / self.prompt_tokens if self.prompt_tokens else 0.0
 
 
 class Batcher:
@@ -332,19 +311,10 @@ class Batcher:
         prefixes not counted; the rule before the cost model, kept for comparison).
         """
         if self.prefill_grouping == "cost":
-            rows = [(s.cached, len(s.pending)) for s in admitted]
-            return [[admitted[i] for i in g] for g in group_rows(rows, self.pass_cost)]
-        admitted = sorted(admitted, key=lambda s: len(s.pending))
-        groups, cur = [], []
-        for s in admitted:
-            if cur and len(s.pending) * (len(cur) + 1) > 2 * (
-                sum(len(c.pending) for c in cur) + len(s.pending)
-            ):
-                groups.append(cur)
-                cur = []
-            cur.append(s)
-        groups.append(cur)
-        return groups
+            groups = group_rows([(s.cached, len(s.pending)) for s in admitted], self.pass_cost)
+        else:
+            groups = group_by_tail([len(s.pending) for s in admitted])
+        return [[admitted[i] for i in g] for g in groups]
 
     def _merge_small_cohorts(self) -> None:
         """Cohorts under ``min_cohort_rows`` rows decode as one batch (a decode pass has a fixed cost;

@@ -124,3 +124,18 @@ def group_rows(rows: Sequence[tuple[int, int]], model: PassCostModel) -> list[li
         groups.append(order[int(cut[j]) : j])
         j = int(cut[j])
     return groups[::-1]
+
+
+def group_by_tail(tails: Sequence[int]) -> list[list[int]]:
+    """The rule before the cost model: rows sorted by tail length, a pass closed when its padded
+    tails would exceed twice its real tokens (cached prefixes not counted). Indices into ``tails``."""
+    groups: list[list[int]] = []
+    cur: list[int] = []
+    for i in sorted(range(len(tails)), key=lambda i: tails[i]):
+        if cur and tails[i] * (len(cur) + 1) > 2 * (sum(tails[c] for c in cur) + tails[i]):
+            groups.append(cur)
+            cur = []
+        cur.append(i)
+    if cur:
+        groups.append(cur)
+    return groups

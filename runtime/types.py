@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -168,3 +169,26 @@ class Result(BaseModel):
     @property
     def ok(self) -> bool:
         return self.error is None
+
+
+@dataclass
+class BatcherStats:
+    """What a batcher has done (a worker reports them; the benchmarks read them)."""
+
+    requests: int = 0
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+    shared_prefill_tokens: int = 0
+    generated_tokens: int = 0
+    forced_tokens: int = 0
+    prefill_passes: int = 0
+    decode_passes: int = 0
+    engine_s: float = 0.0  # inside ONNX Runtime
+    step_s: float = 0.0  # inside :meth:`Batcher.step` (engine included)
+    add_s: float = 0.0  # queueing requests: tokenizing, compiling constraints
+    engine_cpu_s: float = 0.0  # CPU time of this thread in ONNX Runtime (its own pool threads not counted)
+    step_cpu_s: float = 0.0  # CPU time of this thread in step() and add_many(): wall minus CPU is waiting
+
+    @property
+    def hit_ratio(self) -> float:
+        return self.cached_tokens / self.prompt_tokens if self.prompt_tokens else 0.0

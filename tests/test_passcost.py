@@ -116,3 +116,10 @@ def test_batcher_groupings_give_the_same_outputs(tiny_models):
             assert b.pass_cost.observed >= 2
     with pytest.raises(ValueError, match="prefill_grouping"):
         make_batcher(tiny_models["qwen3"], prefill_grouping="fastest")
+
+
+def test_tail_rule_closes_a_pass_past_twice_its_real_tokens():
+    from runtime.passcost import group_by_tail
+
+    assert group_by_tail([5, 100, 6, 90]) == [[0, 2], [3, 1]]
+    assert group_by_tail([7]) == [[0]] and group_by_tail([]) == []

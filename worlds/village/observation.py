@@ -28,6 +28,7 @@ the inspector, but are not in the text. Example::
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from dataclasses import dataclass
@@ -203,7 +204,9 @@ def accept_margin(traits: dict[str, float]) -> float:
     return 0.9 + 0.3 * traits["greed"] - 0.2 * traits["generosity"]
 
 
-def appraise(offer: Offer, holdings: dict[str, int], role: str, traits: dict[str, float], hungry: bool) -> bool:
+def appraise(
+    offer: Offer, holdings: dict[str, int], role: str, traits: dict[str, float], hungry: bool
+) -> bool:
     """Whether this agent would take ``offer``: it can pay, and what it gets beats what it gives
     by its :func:`accept_margin`."""
     if holdings.get(offer.get, 0) < offer.get_qty:
@@ -220,6 +223,13 @@ class Neighbor:
     name: str
     role: str
     dist: int | None = None
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def neighbor(name: str, role: str, dist: int) -> Neighbor:
+    """One immutable :class:`Neighbor` per agent and distance, made once: building ≈ 5,000 frozen
+    dataclasses a tick was a sixth of the driver's time in a 1,000-agent village."""
+    return Neighbor(name, role, dist)
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ from worlds.village.map import (
     chebyshev,
     path_step,
 )
-from worlds.village.observation import Neighbor, Offer, VillageObs, appraise, feelings, for_sale, ways
+from worlds.village.observation import Offer, VillageObs, appraise, feelings, for_sale, neighbor, ways
 
 START_BOX = (6, 8, 27, 15)
 """x0, y0, x1, y1 (inclusive) of the area agents wake up in on reset."""
@@ -101,8 +101,7 @@ class Village(World):
         )
         self._v: dict[str, Villager] = {}
         self._near: dict[str, list[str]] = {}
-        self._neighbors: dict[str, tuple[Neighbor, ...]] = {}
-        self._neighbor_cache: dict[tuple[str, int], Neighbor] = {}
+        self._neighbors: dict[str, tuple] = {}  # agent -> its Neighbors within reach, nearest first
         self._obs: dict[str, VillageObs] = {}  # this tick's observations, by agent
         self._persona_texts: dict[str, tuple[Persona, str]] = {}  # agent -> (persona, its text)
         self._handlers = {
@@ -380,20 +379,12 @@ class Village(World):
         grid = SpatialGrid([(self._v[a].x, self._v[a].y) for a in names])
         self._near_dist = {}
         self._neighbors = {}
-        cache = self._neighbor_cache
+        roles = [self._personas[a].role for a in names]
         for i, agent in enumerate(names):
             near = grid.nearby(i, R.REACH, R.MAX_NEARBY)
             self._near[agent] = [names[j] for j, _ in near]
             self._near_dist[agent] = [d for _, d in near]
-            # One immutable Neighbor per (agent, distance), made once a run: building thousands of
-            # frozen dataclasses a tick was a sixth of the driver's time at 1,000 agents.
-            row = []
-            for j, d in near:
-                n = cache.get((names[j], d))
-                if n is None:
-                    n = cache[(names[j], d)] = Neighbor(names[j], self._personas[names[j]].role, d)
-                row.append(n)
-            self._neighbors[agent] = tuple(row)
+            self._neighbors[agent] = tuple(neighbor(names[j], roles[j], d) for j, d in near)
 
     def observe(self, agent: str) -> VillageObs:
         """The structured observation of ``agent`` (its ``to_text()`` is what ``step`` returns)."""
