@@ -71,17 +71,8 @@ def build_models(
     *,
     scale: str = "full",
     seed: int = 0,
-    steps: int | None = None,
-    run_steps: dict[str, int] | None = None,
-    threads: int | None = None,
-    int8_min_agreement: float | None = None,
-    dagger_rounds: int | None = None,
-    refine_rounds: int | None = None,
-    states_steps: int | None = None,
-    device: str | None = None,
-    fresh_names: float | None = None,
-    lean_rounds: int | None = None,
     progress: bool = True,
+    **overrides: Any,
 ) -> dict[str, Any]:
     """Build the village ``act`` models into ``out_root/<name>``.
 
@@ -91,37 +82,17 @@ def build_models(
             results go to ``out_root/.build``.
         scale: ``tiny`` (test-sized, well under two minutes) or ``full``.
         seed: the one seed of the build.
-        steps: override the training steps of every model.
-        run_steps: override the steps of single runs (``teacher``, ``dense``, ``student``).
-        threads: torch threads for training (speed only: results and stage keys do not change).
-        int8_min_agreement: override the greedy-agreement threshold for keeping the int8 student.
-        dagger_rounds: override the DAgger rounds after distillation (0: none).
-        refine_rounds: override the refining DAgger rounds after those (0: none).
-        states_steps: override the teacher's and the baseline's steps on the student's states.
-        device: where torch trains (``cpu``, ``cuda``, ``auto``: a GPU when torch sees one); speed
-            only, like ``threads``. The cards' measurements always run on the CPU.
-        fresh_names: override the dataset's ``fresh_names`` (see :func:`make_plan`).
-        lean_rounds: override the lean phase's rounds (0: the shipped student reads the rules).
         progress: print stage lines and show training progress bars.
+        overrides: the plan's overrides, passed to :func:`exports.plan.make_plan` (``steps``,
+            ``run_steps``, ``threads``, ``int8_min_agreement``, ``dagger_rounds``, ``refine_rounds``,
+            ``states_steps``, ``device``, ``fresh_names``, ``lean_rounds``); ``threads`` and
+            ``device`` change speed only, not results or stage keys.
 
     Returns:
         ``models`` (name -> directory), ``ran`` and ``skipped`` (stage names, in order), ``cards``
         (name -> card) and ``int8`` (the agreement check).
     """
-    plan = make_plan(
-        scale,
-        seed=seed,
-        steps=steps,
-        run_steps=run_steps,
-        threads=threads,
-        int8_min_agreement=int8_min_agreement,
-        dagger_rounds=dagger_rounds,
-        refine_rounds=refine_rounds,
-        states_steps=states_steps,
-        device=device,
-        fresh_names=fresh_names,
-        lean_rounds=lean_rounds,
-    )
+    plan = make_plan(scale, seed=seed, **overrides)
     out_root = Path(out_root)
     work = out_root / WORK
     state = _State(work, plan)
