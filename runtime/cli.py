@@ -15,6 +15,7 @@ import os
 import sys
 from pathlib import Path
 
+from runtime.affinity import PIN_MODES
 from runtime.cli_common import auto_worker_cpus, auto_workers, console, has_display, resolve_model
 from runtime.cli_models import add_models_parser
 
@@ -122,9 +123,9 @@ def _model_scheduler(args: argparse.Namespace, talk: list[str] = ()):
     )
     from runtime.scheduler import ray_cluster
 
-    scheduler = Scheduler(specs, address=args.ray_address, cascades=cascades)
+    scheduler = Scheduler(specs, address=args.ray_address, cascades=cascades, pin=args.pin)
     how = "joined" if args.ray_address else "started"
-    console.print(f"{how} {ray_cluster()}")
+    console.print(f"{how} {ray_cluster()}; {_binding(scheduler)}")
     return scheduler, served, talk_names
 
 
@@ -211,6 +212,7 @@ def cmd_bench_village(args: argparse.Namespace) -> int:
         hf_sample=4 if args.quick else args.hf_sample,
         workers=args.workers or auto_workers(),
         threads=args.threads,
+        pin=args.pin,
         cache_mb=args.cache_mb,
         repeat=args.repeat,
     )
@@ -258,6 +260,14 @@ def cmd_bench_talk(args: argparse.Namespace) -> int:
     return 0
 
 
+def _binding(scheduler) -> str:
+    """The workers' cores, in words."""
+    bound = [c for cores in scheduler.cores.values() for c in cores]
+    if not any(bound):
+        return "workers not bound to cores"
+    return "workers bound to cores " + ", ".join("+".join(map(str, c)) if c else "any" for c in bound)
+
+
 # ---- parser -------------------------------------------------------------------------------------
 def _add_worker_args(parser: argparse.ArgumentParser) -> None:
     """``--workers`` and ``--threads``, alike wherever model workers are started."""
@@ -266,6 +276,13 @@ def _add_worker_args(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--threads", type=int, default=1, help="ONNX Runtime threads per worker (default 1; 0: all cores)"
+    )
+    parser.add_argument(
+        "--pin",
+        choices=PIN_MODES,
+        default="auto",
+        help="bind each worker to cores of its own (auto: when Ray is local and the workers' threads "
+        "fit the cores; on: always; off: never)",
     )
 
 

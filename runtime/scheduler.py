@@ -97,6 +97,9 @@ class Scheduler:
         max_retries: times a batch is re-sent after its replica died.
         cascades: virtual models served by a student that escalates to a teacher
             (:class:`runtime.cascade.Cascade`); both must be among ``models``.
+        pin: bind each replica to cores of its own (:func:`runtime.affinity.plan_cores`):
+            ``"auto"`` when Ray runs on this machine and the replicas' threads fit its cores,
+            ``"on"`` always, ``"off"`` never. A replica that restarts keeps its cores.
     """
 
     def __init__(
@@ -105,19 +108,27 @@ class Scheduler:
         address: str | None = None,
         max_retries: int = 3,
         cascades: list[Cascade] | None = None,
+        pin: str = "auto",
     ):
+        from runtime.affinity import plan_cores
+
         ensure_ray(address)
         self.specs: dict[str, ModelSpec] = {}
         self.replicas: dict[str, list] = {}
         self._serial = 0
         self.max_retries = max_retries
+        self.cores: dict[str, list[tuple[int, ...] | None]] = {}  # model -> each replica's cores
+        demands = [s.worker.threads for s in models for _ in range(s.replicas)]
+        plan = iter(plan_cores(demands, "off" if address and pin == "auto" else pin))
         for spec in models:
             name = spec.name
             spec = replace(spec, worker=replace(spec.worker, name=name))
             if name in self.specs:
                 raise ValueError(f"model {name!r} given twice")
             self.specs[name] = spec
-            self.replicas[name] = [self._start_replica(spec) for _ in range(spec.replicas)]
+            planned = [next(plan) for _ in range(spec.replicas)]
+            self.cores[name] = [spec.worker.cpus or p for p in planned]  # a config's own cores win
+            self.replicas[name] = [self._start_replica(spec, cpus) for cpus in self.cores[name]]
         self.cascades: dict[str, Cascade] = {}
         for c in cascades or []:
             for m in (c.student, c.teacher):
@@ -146,13 +157,13 @@ class Scheduler:
     def models(self) -> list[str]:
         return list(self.specs)
 
-    def _start_replica(self, spec: ModelSpec):
+    def _start_replica(self, spec: ModelSpec, cpus: tuple[int, ...] | None = None):
         self._serial += 1
         wid = f"{spec.worker.name}#{self._serial}"
         return (
             ModelWorker()
             .options(num_cpus=spec.num_cpus, num_gpus=spec.num_gpus or None, max_concurrency=64)
-            .remote(spec.worker, wid)
+            .remote(replace(spec.worker, cpus=cpus), wid)
         )
 
     # ---- callers ------------------------------------------------------------------------------
@@ -277,7 +288,7 @@ class Scheduler:
         idx = 0
         if call.replica in reps:
             idx = reps.index(call.replica)
-            reps[idx] = self._start_replica(self.specs[call.model])
+            reps[idx] = self._start_replica(self.specs[call.model], self.cores[call.model][idx])
             self.restarts += 1
             # other in-flight calls to the dead replica fail on their own and come back here
         if call.attempt >= self.max_retries:

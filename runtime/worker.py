@@ -45,6 +45,8 @@ class WorkerConfig:
         gc_threshold: allocations between young-generation garbage collections in this process,
             whose state is frozen once loaded (:func:`runtime.process.quiet_gc`; 0 keeps Python's
             defaults).
+        cpus: the cores this worker's process (every thread of it) is bound to; ``None`` leaves it
+            to the OS (:mod:`runtime.affinity`; the scheduler assigns them).
     """
 
     model_dir: str
@@ -59,6 +61,7 @@ class WorkerConfig:
     verify: bool = True
     numpy_hugepages: bool = False
     gc_threshold: int = 20_000
+    cpus: tuple[int, ...] | None = None
     extra: dict = field(default_factory=dict)
 
 
@@ -94,6 +97,9 @@ class ModelWorkerImpl:
     def __init__(self, cfg: WorkerConfig, worker_id: str = "worker"):
         self.cfg = cfg
         self.worker_id = worker_id
+        from runtime.affinity import bind_process
+
+        self.cpus = bind_process(cfg.cpus)  # first, so every thread started below inherits it
         self.batcher = build_batcher(cfg)
         if cfg.gc_threshold:
             from runtime.process import quiet_gc
@@ -153,6 +159,8 @@ class ModelWorkerImpl:
                     batches[bi] = (slots, loop, fut, left)
 
     def stats(self) -> dict:
+        from runtime.affinity import available_cores
+
         s = self.batcher.stats
         cache = self.batcher.cache
         return {
@@ -165,6 +173,8 @@ class ModelWorkerImpl:
             "cache_tokens": cache.total_tokens if cache else 0,
             "providers": self.batcher.engine.providers,
             "peak_rss_mb": peak_rss_mb(),
+            "bound": self.cpus is not None,
+            "cpus": available_cores(),  # read back from the OS: the cores this process may use
         }
 
     def ping(self) -> str:

@@ -8,6 +8,7 @@ import time
 import pytest
 from _helpers import make_batcher
 
+from runtime.affinity import available_cores
 from runtime.policy import split_for_replicas
 from runtime.scheduler import ModelSpec, Scheduler
 from runtime.types import Request, SamplingParams
@@ -78,6 +79,29 @@ def test_many_callers_are_batched_together(scheduler):
     assert sorted(out) == [0, 1, 2, 3] and all(len(v) == 5 and all(r.ok for r in v) for v in out.values())
 
 
+def test_replicas_are_bound_to_cores_of_their_own(scheduler):
+    """Two 1-thread replicas fit any machine of 2 cores or more: each is bound to one core, as the
+    OS reports it inside the worker; on a 1-core machine they are left to float."""
+    stats = scheduler.worker_stats()
+    cores = available_cores()
+    if len(cores) < 2:
+        assert not any(s["bound"] for s in stats)
+        return
+    assert all(s["bound"] for s in stats)
+    assert [len(s["cpus"]) for s in stats] == [1, 1]
+    assert stats[0]["cpus"] != stats[1]["cpus"]
+    assert {c for s in stats for c in s["cpus"]} <= set(cores)
+    assert [list(c) for c in scheduler.cores["tiny"]] == [s["cpus"] for s in stats]
+
+
+def test_unbound_replicas_may_use_every_core(ray_session, tiny_models):
+    spec = ModelSpec(WorkerConfig(str(tiny_models["qwen3"]), name="tiny", threads=1), num_cpus=0.25)
+    with Scheduler([spec], pin="off") as s:
+        (stats,) = s.worker_stats()
+    assert not stats["bound"]
+    assert stats["cpus"] == available_cores()
+
+
 def test_unknown_model_gives_an_error_result(scheduler):
     res = scheduler.generate([Request(model="nope", prompt="hi")], timeout=30)[0]
     assert not res.ok and "unknown model 'nope'" in res.error
@@ -90,6 +114,7 @@ def test_worker_killed_mid_batch_still_gives_results(scheduler, tiny_models):
     futures = scheduler.submit_many(batch)
     deadline = time.time() + 30
     victim = scheduler.replicas["tiny"][0]
+    cpus_before = [s["cpus"] for s in scheduler.worker_stats()]
     while time.time() < deadline and not any(s["decode_passes"] for s in [ray.get(victim.stats.remote())]):
         time.sleep(0.02)
     ray.kill(victim, no_restart=True)  # mid-batch: it has started decoding
@@ -97,6 +122,8 @@ def test_worker_killed_mid_batch_still_gives_results(scheduler, tiny_models):
     assert all(r.ok for r in results)
     assert scheduler.restarts >= 1
     assert victim not in scheduler.replicas["tiny"]
+    # the replacement is bound to the cores of the replica it replaces
+    assert [s["cpus"] for s in scheduler.worker_stats()] == cpus_before
     local = make_batcher(tiny_models["qwen3"], cache=False).run(batch[:3])
     assert [r.token_ids for r in results[:3]] == [r.token_ids for r in local]
 

@@ -39,6 +39,7 @@ class VillageBenchConfig:
     hf_sample: int = 48  # per-agent transformers calls timed, after one untimed (the rate extrapolates)
     workers: int = field(default_factory=auto_workers)  # one single-threaded worker per core, at most 8
     threads: int = 1
+    pin: str = "auto"  # bind each worker to a core of its own (runtime.affinity)
     cache_mb: int = 768  # radix-cache budget per worker (10k agents: 1024 buys no hit ratio, 530 MiB more)
     seed: int = 0
     cascade_threshold: float = 0.9
@@ -63,7 +64,7 @@ def _scheduler(models: list[tuple[str, Path]], cache: bool, cfg: VillageBenchCon
         )
         for name, path in models
     ]
-    return Scheduler(specs, cascades=cascades)
+    return Scheduler(specs, cascades=cascades, pin=cfg.pin)
 
 
 def _world(n: int, cfg: VillageBenchConfig):
