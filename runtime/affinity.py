@@ -1,9 +1,10 @@
 """Binding model workers to CPU cores.
 
 A worker with one ONNX Runtime thread keeps one core busy; left to the kernel, a machine's workers,
-the driver and Ray's own threads move between cores, and on the 2-core VM the benchmarks run on a
-1,000-agent village served 1,102 decisions/s with two floating workers and 1,298 with each bound to
-its own core (1.18×; 100 agents 1,114 → 1,191, 1.07×; eight alternating runs, fresh seeds each).
+the driver and Ray's own threads move between cores. On the 2-core VM the benchmarks run on, binding
+each of two workers to its own core served a 1,000-agent village at 1,298 decisions/s against 1,102
+floating (1.18×, three alternating pairs, fresh seeds) and 100 agents at 1,191 against 1,114 (1.07×,
+eight pairs); through ``murmurate bench village --agents 1000 --repeat 3``, 1.08× (docs/benchmarks.md).
 The driver is never bound: it takes whichever core is free while the workers serve.
 
 :func:`plan_cores` decides which cores each replica gets; the worker binds itself
