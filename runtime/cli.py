@@ -270,7 +270,7 @@ def _binding(scheduler) -> str:
 
 # ---- parser -------------------------------------------------------------------------------------
 def _add_worker_args(parser: argparse.ArgumentParser) -> None:
-    """``--workers`` and ``--threads``, alike wherever model workers are started."""
+    """``--workers``, ``--threads`` and ``--pin``, alike wherever model workers are started."""
     parser.add_argument(
         "--workers", type=int, default=0, help="model worker replicas (default: one per core, at most 8)"
     )
