@@ -18,6 +18,7 @@ import threading
 from concurrent.futures import Future
 from dataclasses import dataclass, replace
 
+from runtime.affinity import plan_cores
 from runtime.cascade import Cascade
 from runtime.policy import split_for_replicas
 from runtime.types import Request, Result
@@ -110,8 +111,6 @@ class Scheduler:
         cascades: list[Cascade] | None = None,
         pin: str = "auto",
     ):
-        from runtime.affinity import plan_cores
-
         ensure_ray(address)
         self.specs: dict[str, ModelSpec] = {}
         self.replicas: dict[str, list] = {}

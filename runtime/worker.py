@@ -16,6 +16,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from runtime.affinity import available_cores, bind_process
 from runtime.types import Request, Result
 
 log = logging.getLogger(__name__)
@@ -97,8 +98,6 @@ class ModelWorkerImpl:
     def __init__(self, cfg: WorkerConfig, worker_id: str = "worker"):
         self.cfg = cfg
         self.worker_id = worker_id
-        from runtime.affinity import bind_process
-
         self.cpus = bind_process(cfg.cpus)  # first, so every thread started below inherits it
         self.batcher = build_batcher(cfg)
         if cfg.gc_threshold:
@@ -159,8 +158,6 @@ class ModelWorkerImpl:
                     batches[bi] = (slots, loop, fut, left)
 
     def stats(self) -> dict:
-        from runtime.affinity import available_cores
-
         s = self.batcher.stats
         cache = self.batcher.cache
         return {
