@@ -99,6 +99,7 @@ class Batcher:
         self.share_prefixes = share_prefixes and cache is not None
         self.min_shared_tokens = min_shared_tokens
         self.prefill_grouping = prefill_grouping
+        self.worker_id: str | None = None  # written into every result (``Result.worker``)
         self.pass_cost = PassCostModel()
         self.context = engine.info.max_position_embeddings
         self.compiler = ConstraintCompiler(
@@ -486,6 +487,7 @@ class Batcher:
             forced_tokens=s.forced,
             latency_s=time.perf_counter() - s.arrival,
             min_logprob=s.min_logprob,
+            worker=self.worker_id,
             error=s.error,
             tag=s.req.tag,
         )

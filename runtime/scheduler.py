@@ -22,6 +22,7 @@ from runtime.affinity import plan_cores
 from runtime.cascade import Cascade
 from runtime.policy import split_for_replicas
 from runtime.types import Request, Result
+from runtime.wire import pack, unpack
 from runtime.worker import ModelWorkerImpl, WorkerConfig
 
 log = logging.getLogger(__name__)
@@ -248,7 +249,7 @@ class Scheduler:
                 )
 
     def _send(self, call: _Call) -> None:
-        ref = call.replica.generate.remote(call.requests)
+        ref = call.replica.generate_packed.remote(pack(call.requests))
         self.ray_calls += 1
         self._calls[ref] = call
         ref.future().add_done_callback(lambda _f, ref=ref: self._inbox.put(_Done(ref)))
@@ -257,7 +258,7 @@ class Scheduler:
         import ray
 
         try:
-            results = ray.get(ref)
+            results = unpack(ray.get(ref))
         except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as e:
             self._on_replica_failure(call, e)
             return

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from runtime.affinity import available_cores, bind_process
 from runtime.types import Request, Result
+from runtime.wire import pack, unpack
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +101,7 @@ class ModelWorkerImpl:
         self.worker_id = worker_id
         self.cpus = bind_process(cfg.cpus)  # first, so every thread started below inherits it
         self.batcher = build_batcher(cfg)
+        self.batcher.worker_id = worker_id  # results name the replica that served them
         if cfg.gc_threshold:
             from runtime.process import quiet_gc
 
@@ -119,6 +121,11 @@ class ModelWorkerImpl:
         fut = loop.create_future()
         self._inbox.put((list(requests), loop, fut))
         return await fut
+
+    async def generate_packed(self, payload: bytes | list[Request]) -> bytes | list[Result]:
+        """:meth:`generate` as the scheduler calls it: requests and results packed by
+        :func:`runtime.wire.pack` (one ``bytes`` each way, not Ray's per-object cloudpickle)."""
+        return pack(await self.generate(unpack(payload)))
 
     def _loop(self) -> None:
         # pending: request id -> (batch index, position); batches collect results until complete
@@ -149,7 +156,7 @@ class ModelWorkerImpl:
             for res in finished:
                 bi, pos = owner.pop(res.id)
                 slots, loop, fut, left = batches[bi]
-                slots[pos] = res.model_copy(update={"worker": self.worker_id})
+                slots[pos] = res
                 left -= 1
                 if left == 0:
                     del batches[bi]

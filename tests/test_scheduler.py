@@ -12,6 +12,7 @@ from runtime.affinity import available_cores
 from runtime.policy import split_for_replicas
 from runtime.scheduler import ModelSpec, Scheduler
 from runtime.types import Request, SamplingParams
+from runtime.wire import pack, unpack
 from runtime.worker import WorkerConfig
 
 SHARED = "World rules: farmers farm, fishers fish, merchants trade at the market. "
@@ -63,6 +64,17 @@ def test_results_match_in_process_and_one_call_per_replica(scheduler, tiny_model
     again = scheduler.generate(batch, timeout=120)
     assert [r.token_ids for r in again] == [r.token_ids for r in local]
     assert all(r.cached_tokens >= r.prompt_tokens - 1 for r in again)
+
+
+def test_batches_cross_ray_as_one_pickled_bytes_and_odd_tags_still_travel(scheduler):
+    batch = reqs(3)
+    payload = pack(batch)
+    assert isinstance(payload, bytes) and unpack(payload) == batch
+    odd = [r.model_copy(update={"tag": lambda i=r.id: i}) for r in batch]  # the standard pickler refuses it
+    assert pack(odd) is odd and unpack(odd) is odd  # left to Ray's cloudpickle
+    results = scheduler.generate(odd, timeout=120)
+    assert all(r.ok for r in results)
+    assert [r.tag() for r in results] == [r.id for r in batch]  # the tags came back through Ray
 
 
 def test_many_callers_are_batched_together(scheduler):
