@@ -21,6 +21,6 @@ def pack(items: list[Any]) -> bytes | list[Any]:
         return items
 
 
-def unpack(payload: bytes | list[Any]) -> list[Any]:
-    """The list :func:`pack` was given."""
-    return pickle.loads(payload) if isinstance(payload, bytes) else payload
+def unpack(payload: bytes | bytearray | memoryview | list[Any]) -> list[Any]:
+    """The list :func:`pack` was given (from its bytes, or any buffer holding them)."""
+    return pickle.loads(payload) if isinstance(payload, (bytes, bytearray, memoryview)) else payload

@@ -70,6 +70,7 @@ def test_batches_cross_ray_as_one_pickled_bytes_and_odd_tags_still_travel(schedu
     batch = reqs(3)
     payload = pack(batch)
     assert isinstance(payload, bytes) and unpack(payload) == batch
+    assert unpack(memoryview(payload)) == batch  # a buffer of the bytes will do
     odd = [r.model_copy(update={"tag": lambda i=r.id: i}) for r in batch]  # the standard pickler refuses it
     assert pack(odd) is odd and unpack(odd) is odd  # left to Ray's cloudpickle
     results = scheduler.generate(odd, timeout=120)
