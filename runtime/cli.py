@@ -18,6 +18,7 @@ from pathlib import Path
 from runtime.affinity import PIN_MODES
 from runtime.cli_common import auto_worker_cpus, auto_workers, console, has_display, resolve_model
 from runtime.cli_models import add_models_parser
+from runtime.wire import WIRES
 
 DEFAULT_MODEL = "village-act-int8"  # the act student's int8 copy (worlds/village/cast.py)
 """The shipped act student: what ``murmurate run village`` thinks with."""
@@ -213,6 +214,7 @@ def cmd_bench_village(args: argparse.Namespace) -> int:
         workers=args.workers or auto_workers(),
         threads=args.threads,
         pin=args.pin,
+        wire=args.wire,
         cache_mb=args.cache_mb,
         repeat=args.repeat,
     )
@@ -394,6 +396,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_worker_args(village)
     village.add_argument(
         "--cache-mb", type=int, default=768, help="radix-cache budget per worker, MiB (default 768)"
+    )
+    village.add_argument(
+        "--wire",
+        choices=WIRES,
+        default="pickle",
+        help="how batches cross Ray: pickled bytes (default), or ray: Ray's own serializer (to compare)",
     )
     village.add_argument(
         "--repeat",

@@ -22,7 +22,7 @@ from runtime.affinity import plan_cores
 from runtime.cascade import Cascade
 from runtime.policy import split_for_replicas
 from runtime.types import Request, Result
-from runtime.wire import pack, unpack
+from runtime.wire import WIRES, pack, unpack
 from runtime.worker import ModelWorkerImpl, WorkerConfig
 
 log = logging.getLogger(__name__)
@@ -102,6 +102,9 @@ class Scheduler:
         pin: bind each replica to cores of its own (:func:`runtime.affinity.plan_cores`):
             ``"auto"`` when Ray runs on this machine and the replicas' threads fit its cores,
             ``"on"`` always, ``"off"`` never. A replica that restarts keeps its cores.
+        wire: how a call's requests and results cross Ray: ``"pickle"``, one pickled ``bytes``
+            each way (:mod:`runtime.wire`), or ``"ray"``, the lists as they are, through Ray's own
+            serializer (what the benchmarks compare against).
     """
 
     def __init__(
@@ -111,7 +114,11 @@ class Scheduler:
         max_retries: int = 3,
         cascades: list[Cascade] | None = None,
         pin: str = "auto",
+        wire: str = "pickle",
     ):
+        if wire not in WIRES:
+            raise ValueError(f"wire must be one of {', '.join(WIRES)}, not {wire!r}")
+        self.wire = wire
         ensure_ray(address)
         self.specs: dict[str, ModelSpec] = {}
         self.replicas: dict[str, list] = {}
@@ -249,7 +256,10 @@ class Scheduler:
                 )
 
     def _send(self, call: _Call) -> None:
-        ref = call.replica.generate_packed.remote(pack(call.requests))
+        if self.wire == "pickle":
+            ref = call.replica.generate_packed.remote(pack(call.requests))
+        else:
+            ref = call.replica.generate.remote(call.requests)
         self.ray_calls += 1
         self._calls[ref] = call
         ref.future().add_done_callback(lambda _f, ref=ref: self._inbox.put(_Done(ref)))

@@ -12,6 +12,10 @@ from __future__ import annotations
 import pickle
 from typing import Any
 
+WIRES = ("pickle", "ray")
+"""How batches may cross Ray (``Scheduler(wire=)``): pickled bytes, or the lists through Ray's own
+serializer."""
+
 
 def pack(items: list[Any]) -> bytes | list[Any]:
     """``items`` as one pickled ``bytes``, or ``items`` unchanged if the standard pickler can't."""

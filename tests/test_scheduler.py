@@ -78,6 +78,16 @@ def test_batches_cross_ray_as_one_pickled_bytes_and_odd_tags_still_travel(schedu
     assert [r.tag() for r in results] == [r.id for r in batch]  # the tags came back through Ray
 
 
+def test_batches_may_cross_ray_through_rays_own_serializer(ray_session, tiny_models, scheduler):
+    with pytest.raises(ValueError, match="wire must be one of pickle, ray"):
+        Scheduler([], wire="json")
+    spec = ModelSpec(WorkerConfig(str(tiny_models["qwen3"]), name="tiny", threads=1), num_cpus=0.25)
+    batch = reqs(4)
+    with Scheduler([spec], wire="ray") as plain:
+        results = plain.generate(batch, timeout=120)
+    assert [r.token_ids for r in results] == [r.token_ids for r in scheduler.generate(batch, timeout=120)]
+
+
 def test_many_callers_are_batched_together(scheduler):
     out: dict[int, list] = {}
 

@@ -40,6 +40,7 @@ class VillageBenchConfig:
     workers: int = field(default_factory=auto_workers)  # one single-threaded worker per core, at most 8
     threads: int = 1
     pin: str = "auto"  # bind each worker to a core of its own (runtime.affinity)
+    wire: str = "pickle"  # batches across Ray as pickled bytes; "ray": Ray's own serializer (runtime.wire)
     cache_mb: int = 768  # radix-cache budget per worker (10k agents: 1024 buys no hit ratio, 530 MiB more)
     seed: int = 0
     cascade_threshold: float = 0.9
@@ -64,7 +65,7 @@ def _scheduler(models: list[tuple[str, Path]], cache: bool, cfg: VillageBenchCon
         )
         for name, path in models
     ]
-    return Scheduler(specs, cascades=cascades, pin=cfg.pin)
+    return Scheduler(specs, cascades=cascades, pin=cfg.pin, wire=cfg.wire)
 
 
 def _world(n: int, cfg: VillageBenchConfig):
