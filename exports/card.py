@@ -131,6 +131,7 @@ def runtime_accuracy(
     threads: int = 1,
     batch_size: int = 64,
     choices: bool = True,
+    mistakes: int = 10,
 ) -> dict[str, Any]:
     """Exact-match accuracy of ``model_dir`` against the expert, served as the model brain serves it.
 
@@ -147,16 +148,21 @@ def runtime_accuracy(
             ``exports.evaluate.evaluate`` takes, so the two are comparable.
         threads: ONNX Runtime intra-op threads.
         batch_size: requests per batcher run.
+        mistakes: wrong outputs kept (the first this many); ``-1`` keeps every one, each with its
+            observation (the prompt's last segment).
 
     Returns:
         ``n``, ``exact_match``, ``parse_fail``, ``by_action`` (expert action -> [correct, total]),
-        ``wall_s`` and up to 10 ``mistakes``.
+        ``wall_s`` and ``mistakes``.
     """
     from exports.dataset import ActionScore, seeded_sample
     from worlds import world_class
 
     examples = seeded_sample(examples, limit)
-    score = ActionScore(world_class(world).action_type, max_mistakes=10)
+    every = mistakes < 0
+    score = ActionScore(
+        world_class(world).action_type, max_mistakes=len(examples) if every else mistakes, with_prompts=every
+    )
     t0 = time.perf_counter()
     served = serve_examples(
         model_dir, examples, world=world, threads=threads, batch_size=batch_size, choices=choices
@@ -323,6 +329,7 @@ def eval_model(
     data_path: str | Path | None = None,
     threads: int = 1,
     choices: bool = True,
+    mistakes: int = 10,
 ) -> dict[str, Any]:
     """Exact-match accuracy of ``model_dir`` on a held-out split, served by the runtime.
 
@@ -330,7 +337,9 @@ def eval_model(
     with the expert's action) and :func:`heldout_examples` (where the examples come from).
     """
     examples = heldout_examples(model_dir, split, data_path)
-    result = runtime_accuracy(model_dir, examples, limit=limit, threads=threads, choices=choices)
+    result = runtime_accuracy(
+        model_dir, examples, limit=limit, threads=threads, choices=choices, mistakes=mistakes
+    )
     return {"split": split, **result}
 
 

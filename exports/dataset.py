@@ -441,11 +441,14 @@ def seeded_sample(examples: Sequence[ActExample], limit: int | None) -> list[Act
 class ActionScore:
     """Exact match of model outputs against the expert's actions, overall and per expert action.
 
-    An output that does not parse counts as wrong (and as a parse failure).
+    An output that does not parse counts as wrong (and as a parse failure). The first
+    ``max_mistakes`` wrong outputs are kept with what identifies their example (world seed, agent,
+    role, tick; an agent's name and tick alone repeat across a split's worlds).
     """
 
     union: Any
     max_mistakes: int = 20
+    with_prompts: bool = False  # each mistake carries its prompt's last segment (the observation)
     n: int = 0
     correct: int = 0
     parse_fail: int = 0
@@ -469,7 +472,15 @@ class ActionScore:
         tally[1] += 1
         if not ok and len(self.mistakes) < self.max_mistakes:
             self.mistakes.append(
-                {"agent": ex.agent, "tick": str(ex.tick), "expert": ex.target, "model": text}
+                {
+                    "world_seed": ex.world_seed,
+                    "agent": ex.agent,
+                    "role": ex.role,
+                    "tick": str(ex.tick),
+                    "expert": ex.target,
+                    "model": text,
+                    **({"prompt": ex.prompt[-1]} if self.with_prompts else {}),
+                }
             )
         return ok
 

@@ -136,6 +136,7 @@ def cmd_models_eval(args: argparse.Namespace) -> int:
             data_path=args.data,
             threads=args.threads,
             choices=not args.free_choices,
+            mistakes=-1 if args.mistakes else 0,
         )
     rows = [[action, ok, n, ok / n if n else None] for action, (ok, n) in sorted(r["by_action"].items())]
     rows.append(["all", round(r["exact_match"] * r["n"]), r["n"], r["exact_match"]])
@@ -146,7 +147,32 @@ def cmd_models_eval(args: argparse.Namespace) -> int:
         f"exact match {r['exact_match']:.4f} on {r['n']} examples ({r['wall_s']} s, constrained decoding"
         + (", arguments free)" if args.free_choices else ", with the argument choices of each observation)")
     )
+    if args.mistakes:
+        _write_mistakes(Path(args.mistakes), r["mistakes"])
     return 0
+
+
+def _action_of(text: str) -> str:
+    try:
+        return str(json.loads(text).get("action", "?"))
+    except (ValueError, AttributeError):
+        return "unparsed"
+
+
+def _write_mistakes(path: Path, mistakes: list[dict]) -> None:
+    """Every wrong decision as JSON lines, and what the model did instead of the expert's action."""
+    from collections import Counter
+
+    from runtime.bench.common import print_table
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as f:
+        for m in mistakes:
+            f.write(json.dumps(m) + "\n")
+    pairs = Counter((_action_of(m["expert"]), _action_of(m["model"])) for m in mistakes)
+    rows = [[expert, model, n] for (expert, model), n in pairs.most_common(12)]
+    print_table(console, "mistakes: the expert's action, the model's", ["expert", "model", "n"], rows)
+    console.print(f"wrote {len(mistakes)} mistakes (world seed, agent, role, tick, observation) to {path}")
 
 
 def _eval_cascade(args: argparse.Namespace, student: Path) -> int:
@@ -327,4 +353,10 @@ def add_models_parser(sub: argparse._SubParsersAction) -> None:
         help="comma list of cascade confidence thresholds",
     )
     me.add_argument("--json", default=None, help="write the cascade table as JSON here")
+    me.add_argument(
+        "--mistakes",
+        default=None,
+        metavar="PATH",
+        help="write every wrong decision (its observation, the expert's and the model's action) as JSON lines",
+    )
     me.set_defaults(fn=cmd_models_eval)

@@ -14,7 +14,7 @@ pytest.importorskip("torch")
 pytest.importorskip("transformers")
 pytest.importorskip("optimum.exporters.onnx")
 
-from exports.build import DENSE, INT8, STUDENT, TEACHER, build_models, eval_model, make_plan  # noqa: E402
+from exports.build import DENSE, INT8, STUDENT, TEACHER, build_models, eval_model, heldout_examples, make_plan  # noqa: E402
 from runtime.artifacts import MANIFEST, load_model_dir  # noqa: E402
 
 ALL_STAGES = [
@@ -160,6 +160,41 @@ def test_models_eval_reports_accuracy_through_the_runtime(built, capsys):
     assert 0.0 <= value <= 1.0
     with pytest.raises(ValueError, match="split"):
         eval_model(out / STUDENT, "train")
+
+
+def test_models_eval_writes_every_mistake_with_its_observation(built, tmp_path, capsys):
+    from runtime.cli import main
+
+    out, _ = built
+    r = eval_model(out / TEACHER, "heldout_seed", limit=12, mistakes=-1)
+    wrong = r["n"] - round(r["exact_match"] * r["n"])
+    assert 0 < wrong and len(r["mistakes"]) == wrong  # every one (the tiny teacher is barely trained)
+    path = tmp_path / "mistakes.jsonl"
+    assert (
+        main(
+            [
+                "models",
+                "eval",
+                str(out / TEACHER),
+                "--split",
+                "heldout_seed",
+                "--limit",
+                "12",
+                "--mistakes",
+                str(path),
+            ]
+        )
+        == 0
+    )
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    assert rows == r["mistakes"]  # greedy decoding: the same outputs through the command
+    examples = {
+        (e.world_seed, e.agent, str(e.tick)): e for e in heldout_examples(out / TEACHER, "heldout_seed")
+    }
+    for row in rows:  # each names its example unambiguously, observation included
+        ex = examples[(row["world_seed"], row["agent"], row["tick"])]
+        assert row["prompt"] == ex.prompt[-1] and row["expert"] == ex.target and row["role"] == ex.role
+    assert f"wrote {len(rows)} mistakes" in capsys.readouterr().out
 
 
 def test_cascade_eval_trades_teacher_calls_for_accuracy(built, tmp_path, capsys):
