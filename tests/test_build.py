@@ -8,6 +8,7 @@ import json
 import shutil
 from dataclasses import replace
 
+import numpy as np
 import pytest
 
 pytest.importorskip("torch")
@@ -168,7 +169,7 @@ def test_models_eval_writes_every_mistake_with_its_observation(built, tmp_path, 
     out, _ = built
     r = eval_model(out / TEACHER, "heldout_seed", limit=12, mistakes=-1)
     wrong = r["n"] - round(r["exact_match"] * r["n"])
-    assert 0 < wrong and len(r["mistakes"]) == wrong  # every one (the tiny teacher is barely trained)
+    assert wrong > 0 and len(r["mistakes"]) == wrong  # every one (the tiny teacher is barely trained)
     path = tmp_path / "mistakes.jsonl"
     assert (
         main(
@@ -442,3 +443,39 @@ def test_changed_run_redoes_only_what_depends_on_it(built, tmp_path):
     assert result["cards"][STUDENT]["built"]["steps"] == steps
     with pytest.raises(ValueError, match="unknown training run"):
         make_plan("tiny", run_steps={"pupil": 3})
+
+
+@pytest.mark.parametrize("name", [TEACHER, DENSE])
+def test_weights_recovered_from_the_onnx_graph_reproduce_it(built, tmp_path, name):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from exports.recover import main as recover_main
+    from exports.recover import recover_weights
+
+    out, _ = built
+    r = recover_weights(out / name, tmp_path / "hf")
+    assert r["max_abs_diff"] == 0.0 and r["tensors"] > 10
+    # The recovered model computes what the shipped graph computes, and a training run can start from it.
+    import onnxruntime as ort
+
+    from exports.graph import model_feeds
+
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    sess = ort.InferenceSession(str(out / name / "model.onnx"), providers=["CPUExecutionProvider"])
+    feeds = model_feeds(sess, batch=2, new=7, past=0, vocab=model.config.vocab_size, seed=3)
+    onnx_logits = sess.run(["logits"], feeds)[0][:, -1]
+    with torch.no_grad():
+        logits = model(torch.from_numpy(feeds["input_ids"])).logits[:, -1].numpy()
+    assert np.abs(onnx_logits - logits).max() <= 1e-3
+    recover_main([str(out / name), str(tmp_path / "again")])
+    assert (tmp_path / "again" / "model.safetensors").is_file() and (
+        tmp_path / "again" / "tokenizer.json"
+    ).is_file()
+    # A graph of another configuration is refused with a message, not silently mismatched.
+    other = tmp_path / "other"
+    shutil.copytree(out / name, other)
+    config = json.loads((other / "config.json").read_text())
+    (other / "config.json").write_text(json.dumps({**config, "vocab_size": config["vocab_size"] + 8}))
+    with pytest.raises(ValueError, match="not exported as this configuration"):
+        recover_weights(other, tmp_path / "bad")
