@@ -161,7 +161,9 @@ def runtime_accuracy(
     examples = seeded_sample(examples, limit)
     every = mistakes < 0
     score = ActionScore(
-        world_class(world).action_type, max_mistakes=len(examples) if every else mistakes, with_prompts=every
+        world_class(world).action_type,
+        max_mistakes=len(examples) if every else mistakes,
+        with_observations=every,
     )
     t0 = time.perf_counter()
     served = serve_examples(

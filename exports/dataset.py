@@ -448,7 +448,7 @@ class ActionScore:
 
     union: Any
     max_mistakes: int = 20
-    with_prompts: bool = False  # each mistake carries its prompt's last segment (the observation)
+    with_observations: bool = False  # each mistake carries its prompt's last segment, the observation
     n: int = 0
     correct: int = 0
     parse_fail: int = 0
@@ -479,7 +479,7 @@ class ActionScore:
                     "tick": str(ex.tick),
                     "expert": ex.target,
                     "model": text,
-                    **({"prompt": ex.prompt[-1]} if self.with_prompts else {}),
+                    **({"observation": ex.prompt[-1]} if self.with_observations else {}),
                 }
             )
         return ok

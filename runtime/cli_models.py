@@ -127,6 +127,8 @@ def cmd_models_eval(args: argparse.Namespace) -> int:
 
     path = resolve_model(args.name)
     if args.cascade:
+        if args.mistakes:
+            raise ValueError("--mistakes lists one model's wrong decisions; it does not apply with --cascade")
         return _eval_cascade(args, path)
     with console.status(f"evaluating {args.name} on {args.split}…"):
         r = eval_model(

@@ -194,8 +194,10 @@ def test_models_eval_writes_every_mistake_with_its_observation(built, tmp_path, 
     }
     for row in rows:  # each names its example unambiguously, observation included
         ex = examples[(row["world_seed"], row["agent"], row["tick"])]
-        assert row["prompt"] == ex.prompt[-1] and row["expert"] == ex.target and row["role"] == ex.role
+        assert row["observation"] == ex.prompt[-1] and row["expert"] == ex.target and row["role"] == ex.role
     assert f"wrote {len(rows)} mistakes" in capsys.readouterr().out
+    cascade = ["models", "eval", str(out / STUDENT), "--cascade", str(out / TEACHER), "--mistakes", str(path)]
+    assert main(cascade) == 2 and "does not apply with --cascade" in capsys.readouterr().out
 
 
 def test_cascade_eval_trades_teacher_calls_for_accuracy(built, tmp_path, capsys):
