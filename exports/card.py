@@ -281,25 +281,19 @@ def cascade_accuracy(
     }
 
 
-def heldout_examples(model_dir: str | Path, split: str, data_path: str | Path | None = None) -> list[Any]:
-    """The examples of a held-out ``split`` for the model in ``model_dir``.
+def card_dataset(model_dir: str | Path, data_path: str | Path | None = None) -> Any:
+    """The act dataset (every split) the model in ``model_dir`` was built from.
 
-    The dataset comes from, in order: ``data_path``; the build directory the model was built in
+    It comes from, in order: ``data_path``; the build directory the model was built in
     (``<model_dir>/../.build/act.jsonl``) if its spec is the card's; a cached rollout of the card's
     dataset spec; a fresh rollout of that spec (cached for next time). The expert rollout is
-    deterministic in its spec, so all of these are the same examples. A model without a card is
-    evaluated on the default spec's split.
-
-    Raises:
-        ValueError: for a split that is not held out.
+    deterministic in its spec, so all of these are the same examples. A model without a card gets
+    the default spec's dataset.
     """
     from exports.dataset import DatasetSpec, build_act_dataset, load_dataset, save_dataset
-    from exports.train import HELDOUT
 
-    if split not in HELDOUT:
-        raise ValueError(f"split must be one of {', '.join(HELDOUT)}, not {split!r}")
     if data_path is not None:
-        return load_dataset(data_path)[split]
+        return load_dataset(data_path)
     card = read_model_card(model_dir) or {}
     spec_fields = (card.get("built") or {}).get("dataset_spec")
     spec = DatasetSpec(**spec_fields) if spec_fields else DatasetSpec()
@@ -310,17 +304,31 @@ def heldout_examples(model_dir: str | Path, split: str, data_path: str | Path | 
     local = Path(model_dir).resolve().parent / ".build" / "act.jsonl"  # exports.build.WORK
     if local.is_file():
         data = load_dataset(local)
-        if data.spec == spec and all(ex.prompt[0].strip() == rules.strip() for ex in data[split][:1]):
-            return data[split]
+        first = next(iter(data["heldout_seed"] or data["train"]), None)
+        if data.spec == spec and (first is None or first.prompt[0].strip() == rules.strip()):
+            return data
     key = {**asdict(spec), "rules": rules}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     cached = search_path()[-1].parent / "datasets" / f"act-{digest}.jsonl"
     if cached.is_file():
-        return load_dataset(cached)[split]
+        return load_dataset(cached)
     data = build_act_dataset(spec, progress=True)
     cached.parent.mkdir(parents=True, exist_ok=True)
     save_dataset(data, cached)
-    return data[split]
+    return data
+
+
+def heldout_examples(model_dir: str | Path, split: str, data_path: str | Path | None = None) -> list[Any]:
+    """The examples of a held-out ``split`` for the model in ``model_dir`` (:func:`card_dataset`).
+
+    Raises:
+        ValueError: for a split that is not held out.
+    """
+    from exports.train import HELDOUT
+
+    if split not in HELDOUT:
+        raise ValueError(f"split must be one of {', '.join(HELDOUT)}, not {split!r}")
+    return card_dataset(model_dir, data_path)[split]
 
 
 def eval_model(

@@ -65,6 +65,37 @@ def cmd_models_quantize(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_models_finetune(args: argparse.Namespace) -> int:
+    from exports.finetune import FinetuneConfig, finetune_model
+    from runtime.registry import search_path
+
+    src = resolve_model(args.name)
+    name = args.as_name or f"{src.name}-ft"
+    out = (Path(args.out).expanduser() if args.out else search_path()[-1]) / name
+    cfg = FinetuneConfig(
+        steps=args.steps,
+        lr=args.lr,
+        batch_size=args.batch_size,
+        balance=args.balance,
+        rename=args.rename,
+        reorder=args.reorder,
+        seed=args.seed,
+        threads=args.threads,
+    )
+    r = finetune_model(src, out, cfg, name=name, data_path=args.data, int8=args.int8)
+    held = r["card"]["heldout"]
+    console.print(
+        f"[green]ready:[/green] {name} at {out}: exact match {held['heldout_seed']['exact_match']:.3f} / "
+        f"{held['heldout_persona']['exact_match']:.3f} (unseen seeds / personas, "
+        f"{held['heldout_seed']['n']} each), {r['card']['runtime']['decisions_per_s']} decisions/s"
+    )
+    if "int8" in r:
+        check = r["int8"]
+        verdict = "kept" if check["kept"] else "not kept"
+        console.print(f"int8 copy agrees on {check['agreement']:.0%} of {check['n']} prompts: {verdict}")
+    return 0
+
+
 def cmd_models_build(args: argparse.Namespace) -> int:
     from exports.build import build_models
     from runtime.bench.common import print_table
@@ -332,6 +363,35 @@ def add_models_parser(sub: argparse._SubParsersAction) -> None:
     mt.add_argument("--seed", type=int, default=0)
     mt.add_argument("--threads", type=int, default=1, help="threads for the teacher and for training")
     mt.set_defaults(fn=cmd_models_build_talk)
+    mf = msub.add_parser(
+        "finetune", help="more training for an act model on its dataset, as a new carded model directory"
+    )
+    mf.add_argument(
+        "name", help="act model name or directory (ONNX-only models start from weights read back)"
+    )
+    mf.add_argument("--as", dest="as_name", default=None, help="the new model's name (default: NAME-ft)")
+    mf.add_argument(
+        "--out", default=None, help="models directory to write to (default: the user models directory)"
+    )
+    mf.add_argument("--steps", type=int, default=4000)
+    mf.add_argument("--lr", type=float, default=1e-3)
+    mf.add_argument("--batch-size", type=int, default=32)
+    mf.add_argument(
+        "--balance", type=float, default=0.5, help="draw rare action kinds more often (0: uniform)"
+    )
+    mf.add_argument(
+        "--rename", type=float, default=0.5, help="share of drawn examples with villagers renamed"
+    )
+    mf.add_argument(
+        "--reorder", type=float, default=0.0, help="share of drawn examples reordered and relabelled"
+    )
+    mf.add_argument("--seed", type=int, default=100)
+    mf.add_argument("--threads", type=int, default=1, help="torch threads")
+    mf.add_argument("--data", default=None, help="a dataset file (default: the one the model was built from)")
+    mf.add_argument(
+        "--int8", action="store_true", help="also write an int8 copy NAME-int8 if it agrees greedily"
+    )
+    mf.set_defaults(fn=cmd_models_finetune)
     me = msub.add_parser("eval", help="exact-match accuracy on a held-out split, through the runtime")
     me.add_argument("name", help="model name or directory")
     me.add_argument("--split", choices=["heldout_seed", "heldout_persona"], default="heldout_persona")

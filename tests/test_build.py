@@ -481,3 +481,49 @@ def test_weights_recovered_from_the_onnx_graph_reproduce_it(built, tmp_path, nam
     (other / "config.json").write_text(json.dumps({**config, "vocab_size": config["vocab_size"] + 8}))
     with pytest.raises(ValueError, match="not exported as this configuration"):
         recover_weights(other, tmp_path / "bad")
+
+
+def test_finetune_writes_a_carded_model_from_the_student_and_from_an_onnx_only_teacher(
+    built, tmp_path, capsys
+):
+    from exports.finetune import FinetuneConfig, finetune_model
+    from runtime.cli import main
+
+    out, _ = built
+    cfg = FinetuneConfig(steps=3, batch_size=4, card_examples=6, speed_batch=6)
+    r = finetune_model(out / STUDENT, tmp_path / "student-ft", cfg, int8=True, progress=False)
+    card = r["card"]
+    source = json.loads((out / STUDENT / "model_card.json").read_text())
+    assert card["name"] == "student-ft" and card["task"] == "act"
+    assert card["built"]["fine_tune"]["from"] == STUDENT and card["built"]["fine_tune"]["steps"] == 3
+    assert card["built"]["preset"] == source["built"]["preset"]  # how it was built before is kept
+    assert card["heldout"]["heldout_seed"]["n"] == 6 and card["runtime"]["speedup_vs_teacher"] > 0
+    ft = load_model_dir(tmp_path / "student-ft")  # checksummed, card included
+    assert ft.info.skip_segments == load_model_dir(out / STUDENT).info.skip_segments
+    assert (tmp_path / "student-ft" / "hf" / "model.safetensors").is_file()  # the baselines' weights travel
+    if r["int8"]["kept"]:  # barely trained, the tiny student may disagree with its int8 copy
+        int8 = load_model_dir(tmp_path / "student-ft-int8")
+        assert int8.manifest["quantized"] == "int8-dynamic" and int8.manifest["quantized_from"] == "student-ft"
+    else:
+        assert not (tmp_path / "student-ft-int8").exists()
+    # The teacher ships without transformers weights: it starts from those read back out of its graph.
+    assert not (out / TEACHER / "hf").exists()
+    args = [
+        "models",
+        "finetune",
+        str(out / TEACHER),
+        "--out",
+        str(tmp_path),
+        "--as",
+        "teacher-ft",
+        "--steps",
+        "2",
+    ]
+    assert main([*args, "--batch-size", "4"]) == 0
+    assert "ready: teacher-ft" in capsys.readouterr().out
+    teacher_card = json.loads((tmp_path / "teacher-ft" / "model_card.json").read_text())
+    assert (
+        teacher_card["architecture"] == "qwen3_moe" and teacher_card["built"]["fine_tune"]["from"] == TEACHER
+    )
+    with pytest.raises(ValueError, match="quantized"):
+        finetune_model(out / INT8, tmp_path / "nope", cfg, progress=False)
