@@ -503,7 +503,9 @@ def test_finetune_writes_a_carded_model_from_the_student_and_from_an_onnx_only_t
     assert (tmp_path / "student-ft" / "hf" / "model.safetensors").is_file()  # the baselines' weights travel
     if r["int8"]["kept"]:  # barely trained, the tiny student may disagree with its int8 copy
         int8 = load_model_dir(tmp_path / "student-ft-int8")
-        assert int8.manifest["quantized"] == "int8-dynamic" and int8.manifest["quantized_from"] == "student-ft"
+        assert (
+            int8.manifest["quantized"] == "int8-dynamic" and int8.manifest["quantized_from"] == "student-ft"
+        )
     else:
         assert not (tmp_path / "student-ft-int8").exists()
     # The teacher ships without transformers weights: it starts from those read back out of its graph.
@@ -527,3 +529,15 @@ def test_finetune_writes_a_carded_model_from_the_student_and_from_an_onnx_only_t
     )
     with pytest.raises(ValueError, match="quantized"):
         finetune_model(out / INT8, tmp_path / "nope", cfg, progress=False)
+    # In place, as the shipped student was made: the model directory is replaced by its fine-tune.
+    shelf = tmp_path / "shelf"
+    for name in (STUDENT, TEACHER):
+        shutil.copytree(out / name, shelf / name)
+    shutil.copytree(out / ".build", shelf / ".build")  # the dataset the models were built from
+    before = (shelf / STUDENT / "model.onnx").read_bytes()
+    finetune_model(shelf / STUDENT, shelf / STUDENT, cfg, progress=False)
+    again = load_model_dir(shelf / STUDENT)
+    assert again.name == STUDENT and (shelf / STUDENT / "model.onnx").read_bytes() != before
+    assert (
+        json.loads((shelf / STUDENT / "model_card.json").read_text())["built"]["fine_tune"]["from"] == STUDENT
+    )
