@@ -91,7 +91,8 @@ def finetune_model(
 ) -> dict[str, Any]:
     """Fine-tune the act model in ``model_dir`` and write it to ``out`` (see the module docstring).
 
-    The work (starting weights, checkpoints, logs) goes to ``<out>/../.build/finetune-<name>``.
+    The work (starting weights, checkpoints, logs) goes to ``<out>/../.build/finetune-<name>-<source
+    graph's sha256 prefix>``: re-running the same command resumes it.
     Returns the new card (and ``int8``'s agreement check under ``"int8"`` when asked).
 
     Raises:
@@ -114,11 +115,15 @@ def finetune_model(
     # The speed-up is against the teacher beside the source model (the build's layout), if any.
     teacher = model_dir.parent / TEACHER
     teacher = teacher if (teacher / "murmurate.json").is_file() and teacher != model_dir else None
-    work = out.parent / ".build" / f"finetune-{name}"
+    source = load_model_dir(model_dir)  # checked against its manifest
+    # Keyed by the source graph: a re-run resumes its own run, never one from other starting weights
+    # (after an in-place fine-tune the directory holds new weights, so a second one starts afresh).
+    graph_sha = source.manifest["files"]["model.onnx"][:12]
+    work = out.parent / ".build" / f"finetune-{name}-{graph_sha}"
     work.mkdir(parents=True, exist_ok=True)
     init = _start_weights(model_dir, work)
     data = card_dataset(model_dir, data_path)
-    skip = load_model_dir(model_dir).info.skip_segments
+    skip = source.info.skip_segments
     run_cfg = TrainConfig(
         preset=built["preset"],
         steps=cfg.steps,
@@ -136,8 +141,7 @@ def finetune_model(
     t0 = time.perf_counter()
     metrics = train(run_cfg, data, work / "run", tokenizer=init, resume=True, progress=progress)
     wall = time.perf_counter() - t0
-    manifest = json.loads((model_dir / "murmurate.json").read_text())
-    extra = {k: manifest[k] for k in ("task", "preset", "seed", "build_scale") if k in manifest}
+    extra = {k: source.manifest[k] for k in ("task", "preset", "seed", "build_scale") if k in source.manifest}
     export_trained(work / "run" / "hf", work / "export-src", out, name, extra, keep_hf=True)
     how = {k: v for k, v in asdict(cfg).items() if k not in ("card_examples", "speed_batch")}
     record = {

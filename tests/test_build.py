@@ -541,3 +541,8 @@ def test_finetune_writes_a_carded_model_from_the_student_and_from_an_onnx_only_t
     assert (
         json.loads((shelf / STUDENT / "model_card.json").read_text())["built"]["fine_tune"]["from"] == STUDENT
     )
+    # Again: it starts from the new weights (a run of its own), not by resuming the finished first run.
+    once = (shelf / STUDENT / "model.onnx").read_bytes()
+    finetune_model(shelf / STUDENT, shelf / STUDENT, cfg, progress=False)
+    assert (shelf / STUDENT / "model.onnx").read_bytes() != once
+    assert len(list((shelf / ".build").glob("finetune-*"))) == 2
