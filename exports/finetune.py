@@ -21,41 +21,22 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
+
+from exports.train import TrainConfig
 
 INT8_PROMPTS, INT8_MIN_AGREEMENT = 64, 0.97
 """The int8 copy's agreement check, as the full build makes it."""
 
 
-@dataclass(frozen=True)
-class FinetuneConfig:
-    """How to fine-tune (``exports.train.TrainConfig`` fields; the preset is the model's own).
-
-    Attributes:
-        steps: optimizer steps (the cosine schedule spans them; warm-up is a twentieth).
-        lr: peak learning rate.
-        batch_size: examples per step.
-        balance: sampling by action kind (0.5: each kind in proportion to the square root of its count).
-        rename: share of drawn examples with their villagers renamed at random.
-        reorder: share of drawn examples with the agents within reach reordered and relabelled.
-        seed: the order of examples and the augmentations.
-        threads: torch threads.
-        card_examples: held-out examples per split measured through the runtime for the card.
-        speed_batch: prompts in the decisions/s measurement.
-    """
-
-    steps: int = 4000
-    lr: float = 1e-3
-    batch_size: int = 32
-    balance: float = 0.5
-    rename: float = 0.5
-    reorder: float = 0.0
-    seed: int = 100
-    threads: int = 1
-    card_examples: int = 300
-    speed_batch: int = 64
+FINETUNE = TrainConfig(steps=4000, lr=1e-3, balance=0.5, rename=0.5, seed=100)
+"""The default run: the polish's recipe (rare decisions drawn more often, half the drawn villagers
+renamed) for 4,000 steps. Its preset, warm-up (a twentieth of the steps), starting weights and
+skipped segments are set from the model by :func:`finetune_model`."""
+RECORDED = ("steps", "lr", "batch_size", "balance", "rename", "reorder", "seed", "threads")
+"""The run's fields a card's ``fine_tune`` record keeps."""
 
 
 def _start_weights(model_dir: Path, work: Path) -> Path:
@@ -82,8 +63,10 @@ def _start_weights(model_dir: Path, work: Path) -> Path:
 def finetune_model(
     model_dir: str | Path,
     out: str | Path,
-    cfg: FinetuneConfig = FinetuneConfig(),
+    cfg: TrainConfig = FINETUNE,
     *,
+    card_examples: int = 300,
+    speed_batch: int = 64,
     name: str | None = None,
     data_path: str | Path | None = None,
     int8: bool = False,
@@ -93,15 +76,18 @@ def finetune_model(
 
     The work (starting weights, checkpoints, logs) goes to ``<out>/../.build/finetune-<name>-<source
     graph's sha256 prefix>``: re-running the same command resumes it.
+    ``cfg`` is the run (:data:`FINETUNE` by default; its preset, warm-up, starting weights and skipped
+    segments are the model's); ``card_examples`` held-out examples per split are measured through the
+    runtime for the card, ``speed_batch`` prompts time its decisions/s.
     Returns the new card (and ``int8``'s agreement check under ``"int8"`` when asked).
 
     Raises:
         ValueError: for a model without a card naming its act preset.
     """
-    from exports.card import card_dataset, read_model_card
+    from exports.card import card_dataset, measure_decisions_per_s, read_model_card, write_model_card
     from exports.onnx_export import export_trained
     from exports.plan import TEACHER
-    from exports.train import TrainConfig, train
+    from exports.train import train
     from runtime.artifacts import load_model_dir
 
     model_dir, out = Path(model_dir).resolve(), Path(out).resolve()
@@ -124,18 +110,12 @@ def finetune_model(
     init = _start_weights(model_dir, work)
     data = card_dataset(model_dir, data_path)
     skip = source.info.skip_segments
-    run_cfg = TrainConfig(
+    run_cfg = replace(
+        cfg,
         preset=built["preset"],
-        steps=cfg.steps,
-        batch_size=cfg.batch_size,
-        lr=cfg.lr,
         warmup=max(cfg.steps // 20, 1),
-        seed=cfg.seed,
-        threads=cfg.threads,
         init=str(init),
-        balance=cfg.balance,
-        rename=cfg.rename,
-        reorder=cfg.reorder,
+        teacher=None,
         skip_segments=skip,
     )
     t0 = time.perf_counter()
@@ -143,28 +123,41 @@ def finetune_model(
     wall = time.perf_counter() - t0
     extra = {k: source.manifest[k] for k in ("task", "preset", "seed", "build_scale") if k in source.manifest}
     export_trained(work / "run" / "hf", work / "export-src", out, name, extra, keep_hf=True)
-    how = {k: v for k, v in asdict(cfg).items() if k not in ("card_examples", "speed_batch")}
     record = {
         "from": card.get("name", model_dir.name),
-        **how,
+        **{k: getattr(cfg, k) for k in RECORDED},
         "data": data.counts(),
         "wall_s": round(wall, 1),
     }
-    new_card = _write_card(out, teacher, card, data, metrics, record, cfg)
+    prompts = [ex.prompt for ex in data["heldout_seed"][:speed_batch]]
+    # The teacher is timed once, on the same prompts, for the speed-up of every model written here.
+    teacher_rate = measure_decisions_per_s(teacher, prompts)["decisions_per_s"] if teacher else None
+
+    def measured(model: Path, metrics: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "heldout": _heldout(model, data, metrics, card_examples),
+            "runtime": _speed(model, prompts, teacher_rate),
+        }
+
+    world = card.get("world") or data.spec.world
+    built = {**built, "fine_tune": record}
+    new_card = write_model_card(out, task="act", world=world, built=built, **measured(out, metrics))
     result: dict[str, Any] = {"card": new_card}
     if int8:
-        result["int8"] = _int8_copy(out, data, cfg, teacher)
+        result["int8"] = _int8_copy(out, new_card, data, measured)
     return result
 
 
-def _heldout(model_dir: Path, data: Any, metrics: dict[str, Any], n: int, fp32: bool) -> dict[str, Any]:
+def _heldout(model_dir: Path, data: Any, metrics: dict[str, Any], n: int) -> dict[str, Any]:
+    """The card's held-out record: ``n`` examples a split through the runtime, with and without the
+    argument choices, beside the torch run's own ``metrics`` (none for a quantized copy)."""
     from exports.card import runtime_accuracy
 
     heldout = {}
     for split in ("heldout_seed", "heldout_persona"):
         served = runtime_accuracy(model_dir, data[split], limit=n)
         free = runtime_accuracy(model_dir, data[split], limit=n, choices=False)
-        torch_m = metrics.get(split, {}) if fp32 else {}
+        torch_m = metrics.get(split, {})
         heldout[split] = {
             "loss": torch_m.get("loss"),
             "exact_match_unconstrained": torch_m.get("exact_match"),
@@ -176,44 +169,20 @@ def _heldout(model_dir: Path, data: Any, metrics: dict[str, Any], n: int, fp32: 
     return heldout
 
 
-def _speed(model_dir: Path, data: Any, n: int, teacher: Path | None) -> dict[str, Any]:
-    """Decisions/s, and the teacher's in the same run when there is one."""
+def _speed(model_dir: Path, prompts: list[Any], teacher_rate: float | None) -> dict[str, Any]:
+    """Decisions/s, and the speed-up against the teacher's rate on the same prompts when there is one."""
     from exports.card import measure_decisions_per_s
 
-    prompts = [ex.prompt for ex in data["heldout_seed"][:n]]
     runtime = measure_decisions_per_s(model_dir, prompts)
-    if teacher is not None and teacher.resolve() != model_dir.resolve():
-        rate = measure_decisions_per_s(teacher, prompts)["decisions_per_s"]
-        runtime["teacher_decisions_per_s_same_run"] = rate
-        runtime["speedup_vs_teacher"] = round(runtime["decisions_per_s"] / rate, 2)
+    if teacher_rate:
+        runtime["teacher_decisions_per_s_same_run"] = teacher_rate
+        runtime["speedup_vs_teacher"] = round(runtime["decisions_per_s"] / teacher_rate, 2)
     return runtime
 
 
-def _write_card(
-    out: Path,
-    teacher: Path | None,
-    card: dict[str, Any],
-    data: Any,
-    metrics: dict[str, Any],
-    record: dict[str, Any],
-    cfg: FinetuneConfig,
-) -> dict[str, Any]:
-    from exports.card import write_model_card
-
-    built = {**(card.get("built") or {}), "fine_tune": record}
-    return write_model_card(
-        out,
-        task="act",
-        world=card.get("world") or data.spec.world,
-        heldout=_heldout(out, data, metrics, cfg.card_examples, fp32=True),
-        runtime=_speed(out, data, cfg.speed_batch, teacher),
-        built=built,
-    )
-
-
-def _int8_copy(out: Path, data: Any, cfg: FinetuneConfig, teacher: Path | None) -> dict[str, Any]:
-    """An int8 copy ``<out>-int8`` beside ``out``, kept if it agrees with ``out`` greedily."""
-    from exports.card import action_constraint, read_model_card, write_model_card
+def _int8_copy(out: Path, card: dict[str, Any], data: Any, measured: Any) -> dict[str, Any]:
+    """An int8 copy ``<out>-int8`` beside ``out``, kept (and carded) if it agrees with ``out`` greedily."""
+    from exports.card import action_constraint, write_model_card
     from exports.quantize import greedy_agreement, quantize_model_dir
 
     dst = out.parent / f"{out.name}-int8"
@@ -226,15 +195,7 @@ def _int8_copy(out: Path, data: Any, cfg: FinetuneConfig, teacher: Path | None) 
     if not check["kept"]:
         shutil.rmtree(dst)
         return check
-    card = read_model_card(out) or {}
-    write_model_card(
-        dst,
-        task="act",
-        world=card.get("world"),
-        heldout=_heldout(dst, data, {}, cfg.card_examples, fp32=False),
-        runtime=_speed(dst, data, cfg.speed_batch, teacher),
-        built=card.get("built"),
-        int8_check=check,
-    )
-    write_model_card(out, **{k: v for k, v in card.items() if k not in ("format",)}, int8_check=check)
+    fields = {"task": "act", "world": card.get("world"), "built": card.get("built"), "int8_check": check}
+    write_model_card(dst, **fields, **measured(dst, {}))
+    write_model_card(out, **{k: v for k, v in card.items() if k != "format"}, int8_check=check)
     return check

@@ -66,13 +66,16 @@ def cmd_models_quantize(args: argparse.Namespace) -> int:
 
 
 def cmd_models_finetune(args: argparse.Namespace) -> int:
-    from exports.finetune import FinetuneConfig, finetune_model
+    from dataclasses import replace
+
+    from exports.finetune import FINETUNE, finetune_model
     from runtime.registry import search_path
 
     src = resolve_model(args.name)
     name = args.as_name or f"{src.name}-ft"
     out = (Path(args.out).expanduser() if args.out else search_path()[-1]) / name
-    cfg = FinetuneConfig(
+    cfg = replace(
+        FINETUNE,
         steps=args.steps,
         lr=args.lr,
         batch_size=args.batch_size,

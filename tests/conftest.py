@@ -44,3 +44,18 @@ def moe_batcher(tiny_models):
     from _helpers import make_batcher
 
     return make_batcher(tiny_models["qwen3_moe"])
+
+
+@pytest.fixture(scope="session")
+def built(tmp_path_factory):
+    """The whole act factory at the tiny scale (``murmurate models build``, about 15 s): its output
+    directory and the build's result."""
+    pytest.importorskip("torch")
+    pytest.importorskip("optimum.exporters.onnx")
+    from exports.build import build_models
+
+    out = tmp_path_factory.mktemp("models")
+    # The tiny models are barely trained, so int8 may flip a near-tie; keep the variant regardless
+    # (the threshold itself is exercised in test_build's test_int8_is_dropped_when_it_disagrees).
+    result = build_models(out, scale="tiny", int8_min_agreement=0.0, progress=False)
+    return out, result

@@ -8,7 +8,6 @@ import json
 import shutil
 from dataclasses import replace
 
-import numpy as np
 import pytest
 
 pytest.importorskip("torch")
@@ -36,15 +35,6 @@ ALL_STAGES = [
     "quantize-student",
     "cards",
 ]
-
-
-@pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    out = tmp_path_factory.mktemp("models")
-    # The tiny models are barely trained, so int8 may flip a near-tie; keep the variant regardless
-    # (the threshold itself is exercised in test_int8_is_dropped_when_it_disagrees).
-    result = build_models(out, scale="tiny", int8_min_agreement=0.0, progress=False)
-    return out, result
 
 
 def test_build_runs_every_stage_and_makes_three_carded_models(built):
@@ -445,104 +435,3 @@ def test_changed_run_redoes_only_what_depends_on_it(built, tmp_path):
     assert result["cards"][STUDENT]["built"]["steps"] == steps
     with pytest.raises(ValueError, match="unknown training run"):
         make_plan("tiny", run_steps={"pupil": 3})
-
-
-@pytest.mark.parametrize("name", [TEACHER, DENSE])
-def test_weights_recovered_from_the_onnx_graph_reproduce_it(built, tmp_path, name):
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    from exports.recover import main as recover_main
-    from exports.recover import recover_weights
-
-    out, _ = built
-    r = recover_weights(out / name, tmp_path / "hf")
-    assert r["max_abs_diff"] == 0.0 and r["tensors"] > 10
-    # The recovered model computes what the shipped graph computes, and a training run can start from it.
-    import onnxruntime as ort
-
-    from exports.graph import model_feeds
-
-    model = AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
-    sess = ort.InferenceSession(str(out / name / "model.onnx"), providers=["CPUExecutionProvider"])
-    feeds = model_feeds(sess, batch=2, new=7, past=0, vocab=model.config.vocab_size, seed=3)
-    onnx_logits = sess.run(["logits"], feeds)[0][:, -1]
-    with torch.no_grad():
-        logits = model(torch.from_numpy(feeds["input_ids"])).logits[:, -1].numpy()
-    assert np.abs(onnx_logits - logits).max() <= 1e-3
-    recover_main([str(out / name), str(tmp_path / "again")])
-    assert (tmp_path / "again" / "model.safetensors").is_file() and (
-        tmp_path / "again" / "tokenizer.json"
-    ).is_file()
-    # A graph of another configuration is refused with a message, not silently mismatched.
-    other = tmp_path / "other"
-    shutil.copytree(out / name, other)
-    config = json.loads((other / "config.json").read_text())
-    (other / "config.json").write_text(json.dumps({**config, "vocab_size": config["vocab_size"] + 8}))
-    with pytest.raises(ValueError, match="not exported as this configuration"):
-        recover_weights(other, tmp_path / "bad")
-
-
-def test_finetune_writes_a_carded_model_from_the_student_and_from_an_onnx_only_teacher(
-    built, tmp_path, capsys
-):
-    from exports.finetune import FinetuneConfig, finetune_model
-    from runtime.cli import main
-
-    out, _ = built
-    cfg = FinetuneConfig(steps=3, batch_size=4, card_examples=6, speed_batch=6)
-    r = finetune_model(out / STUDENT, tmp_path / "student-ft", cfg, int8=True, progress=False)
-    card = r["card"]
-    source = json.loads((out / STUDENT / "model_card.json").read_text())
-    assert card["name"] == "student-ft" and card["task"] == "act"
-    assert card["built"]["fine_tune"]["from"] == STUDENT and card["built"]["fine_tune"]["steps"] == 3
-    assert card["built"]["preset"] == source["built"]["preset"]  # how it was built before is kept
-    assert card["heldout"]["heldout_seed"]["n"] == 6 and card["runtime"]["speedup_vs_teacher"] > 0
-    ft = load_model_dir(tmp_path / "student-ft")  # checksummed, card included
-    assert ft.info.skip_segments == load_model_dir(out / STUDENT).info.skip_segments
-    assert (tmp_path / "student-ft" / "hf" / "model.safetensors").is_file()  # the baselines' weights travel
-    if r["int8"]["kept"]:  # barely trained, the tiny student may disagree with its int8 copy
-        int8 = load_model_dir(tmp_path / "student-ft-int8")
-        assert (
-            int8.manifest["quantized"] == "int8-dynamic" and int8.manifest["quantized_from"] == "student-ft"
-        )
-    else:
-        assert not (tmp_path / "student-ft-int8").exists()
-    # The teacher ships without transformers weights: it starts from those read back out of its graph.
-    assert not (out / TEACHER / "hf").exists()
-    args = [
-        "models",
-        "finetune",
-        str(out / TEACHER),
-        "--out",
-        str(tmp_path),
-        "--as",
-        "teacher-ft",
-        "--steps",
-        "2",
-    ]
-    assert main([*args, "--batch-size", "4"]) == 0
-    assert "ready: teacher-ft" in capsys.readouterr().out
-    teacher_card = json.loads((tmp_path / "teacher-ft" / "model_card.json").read_text())
-    assert (
-        teacher_card["architecture"] == "qwen3_moe" and teacher_card["built"]["fine_tune"]["from"] == TEACHER
-    )
-    with pytest.raises(ValueError, match="quantized"):
-        finetune_model(out / INT8, tmp_path / "nope", cfg, progress=False)
-    # In place, as the shipped student was made: the model directory is replaced by its fine-tune.
-    shelf = tmp_path / "shelf"
-    for name in (STUDENT, TEACHER):
-        shutil.copytree(out / name, shelf / name)
-    shutil.copytree(out / ".build", shelf / ".build")  # the dataset the models were built from
-    before = (shelf / STUDENT / "model.onnx").read_bytes()
-    finetune_model(shelf / STUDENT, shelf / STUDENT, cfg, progress=False)
-    again = load_model_dir(shelf / STUDENT)
-    assert again.name == STUDENT and (shelf / STUDENT / "model.onnx").read_bytes() != before
-    assert (
-        json.loads((shelf / STUDENT / "model_card.json").read_text())["built"]["fine_tune"]["from"] == STUDENT
-    )
-    # Again: it starts from the new weights (a run of its own), not by resuming the finished first run.
-    once = (shelf / STUDENT / "model.onnx").read_bytes()
-    finetune_model(shelf / STUDENT, shelf / STUDENT, cfg, progress=False)
-    assert (shelf / STUDENT / "model.onnx").read_bytes() != once
-    assert len(list((shelf / ".build").glob("finetune-*"))) == 2
