@@ -10,10 +10,12 @@ and writes a new, carded model directory:
   (:mod:`exports.recover`);
 - the data is the dataset the model was built from (:func:`exports.card.card_dataset`), or a file;
 - the run is :func:`exports.train.train` with a fresh schedule (resumable: re-running the same
-  command continues an interrupted run), the same preset and the segments the model skips;
-- the new directory's card keeps the source card's record of how it was built, adds a
-  ``fine_tune`` record, and re-measures held-out accuracy and decisions/s in the runtime; with
-  ``int8`` an int8 copy is written beside it if it agrees with the fp32 model greedily.
+  command continues an interrupted run), the same preset and the segments the model skips (or more:
+  a teacher can learn to decide without the world's rules, as the lean student does);
+- the new directory ships as the source did (with or without its transformers weights in ``hf/``);
+  its card keeps the source card's record of how it was built, adds a ``fine_tune`` record, and
+  re-measures held-out accuracy and decisions/s in the runtime; with ``int8`` an int8 copy is
+  written beside it if it agrees with the fp32 model greedily.
 """
 
 from __future__ import annotations
@@ -69,6 +71,7 @@ def finetune_model(
     speed_batch: int = 64,
     name: str | None = None,
     data_path: str | Path | None = None,
+    skip_segments: int | None = None,
     int8: bool = False,
     progress: bool = True,
 ) -> dict[str, Any]:
@@ -82,7 +85,7 @@ def finetune_model(
     Returns the new card (and ``int8``'s agreement check under ``"int8"`` when asked).
 
     Raises:
-        ValueError: for a model without a card naming its act preset.
+        ValueError: for a model without a card naming its act preset, or a negative ``skip_segments``.
     """
     from exports.card import card_dataset, measure_decisions_per_s, read_model_card, write_model_card
     from exports.onnx_export import export_trained
@@ -104,12 +107,15 @@ def finetune_model(
     source = load_model_dir(model_dir)  # checked against its manifest
     # Keyed by the source graph: a re-run resumes its own run, never one from other starting weights
     # (after an in-place fine-tune the directory holds new weights, so a second one starts afresh).
+    skip = source.info.skip_segments if skip_segments is None else int(skip_segments)
+    if skip < 0:
+        raise ValueError(f"skip_segments is {skip}; it counts leading prompt segments, 0 or more")
     graph_sha = source.manifest["files"]["model.onnx"][:12]
-    work = out.parent / ".build" / f"finetune-{name}-{graph_sha}"
+    lean = "" if skip == source.info.skip_segments else f"-skip{skip}"
+    work = out.parent / ".build" / f"finetune-{name}-{graph_sha}{lean}"
     work.mkdir(parents=True, exist_ok=True)
     init = _start_weights(model_dir, work)
     data = card_dataset(model_dir, data_path)
-    skip = source.info.skip_segments
     run_cfg = replace(
         cfg,
         preset=built["preset"],
@@ -122,10 +128,14 @@ def finetune_model(
     metrics = train(run_cfg, data, work / "run", tokenizer=init, resume=True, progress=progress)
     wall = time.perf_counter() - t0
     extra = {k: source.manifest[k] for k in ("task", "preset", "seed", "build_scale") if k in source.manifest}
-    export_trained(work / "run" / "hf", work / "export-src", out, name, extra, keep_hf=True)
+    # It ships as its source did: with its transformers weights (a student, for the baselines) or
+    # as ONNX only (the teacher and dense baseline: their weights stay in the work directory).
+    keep_hf = (model_dir / "hf" / "model.safetensors").is_file()
+    export_trained(work / "run" / "hf", work / "export-src", out, name, extra, keep_hf=keep_hf)
     record = {
         "from": card.get("name", model_dir.name),
         **{k: getattr(cfg, k) for k in RECORDED},
+        "skip_segments": skip,
         "data": data.counts(),
         "wall_s": round(wall, 1),
     }

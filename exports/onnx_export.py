@@ -47,6 +47,7 @@ def export_model(
     name: str,
     extra: dict[str, Any] | None = None,
     last_token: bool = False,
+    sparse_moe: bool = True,
 ) -> Path:
     """Export the transformers model saved in ``hf_dir`` to ``out_dir`` and write its manifest.
 
@@ -58,6 +59,9 @@ def export_model(
         last_token: compute logits for each row's last position only (``exports.graph``): the
             runtime reads nothing else, and with a large vocabulary the LM head over every prompt
             position would dominate prefill.
+        sparse_moe: for a mixture-of-experts config, replace each MoE block (optimum's loop over
+            the experts) with one ONNX Runtime ``com.microsoft`` ``MoE`` node that runs each token's
+            top-k experts only (:func:`exports.moe_graph.sparsify_moe`; the same logits).
 
     Returns:
         ``out_dir`` as a path.
@@ -82,7 +86,7 @@ def export_model(
             src = Path(tmp) / "hf"
             shutil.copytree(hf_dir, src)
             (src / "config.json").write_text(json.dumps({**config, "output_router_logits": False}, indent=2))
-            return export_model(src, out_dir, name, extra, last_token)
+            return export_model(src, out_dir, name, extra, last_token, sparse_moe)
     why_not = grouped_export_unsupported(config)
     if why_not is None:
         export_grouped(hf_dir, out_dir)
@@ -92,6 +96,11 @@ def export_model(
         _export_optimum(hf_dir, out_dir)
         attention = "optimum-default"
     rewrites = []
+    if sparse_moe and int(config.get("num_experts") or 0) > 0:
+        from exports.moe_graph import sparsify_moe
+
+        sparsify_moe(out_dir / "model.onnx", out_dir / "model.onnx", config)
+        rewrites.append("sparse_moe")
     if last_token:
         from exports.graph import last_token_logits
 

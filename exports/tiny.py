@@ -98,6 +98,7 @@ def build_tiny_model(
     seed: int = 0,
     name: str | None = None,
     last_token: bool = False,
+    sparse_moe: bool = False,
 ) -> Path:
     """Build, save and export a random tiny model; returns the ONNX model directory.
 
@@ -108,6 +109,8 @@ def build_tiny_model(
         seed: torch seed for the random weights.
         name: model name in the manifest (default ``tiny-<arch>``).
         last_token: export logits for the last position only (see ``exports.onnx_export``).
+        sparse_moe: export a ``qwen3_moe`` with ``MoE`` nodes (off: the graph as optimum makes it,
+            which the graph-rewrite tests rewrite themselves).
     """
     import torch
     from transformers import AutoModelForCausalLM, GenerationConfig
@@ -139,4 +142,5 @@ def build_tiny_model(
         name or f"tiny-{arch}",
         extra={"built_by": f"exports.tiny preset={preset} seed={seed}"},
         last_token=last_token,
+        sparse_moe=sparse_moe,
     )

@@ -85,7 +85,9 @@ def cmd_models_finetune(args: argparse.Namespace) -> int:
         seed=args.seed,
         threads=args.threads,
     )
-    r = finetune_model(src, out, cfg, name=name, data_path=args.data, int8=args.int8)
+    r = finetune_model(
+        src, out, cfg, name=name, data_path=args.data, skip_segments=args.skip_segments, int8=args.int8
+    )
     held = r["card"]["heldout"]
     console.print(
         f"[green]ready:[/green] {name} at {out}: exact match {held['heldout_seed']['exact_match']:.3f} / "
@@ -391,6 +393,12 @@ def add_models_parser(sub: argparse._SubParsersAction) -> None:
     mf.add_argument("--seed", type=int, default=100)
     mf.add_argument("--threads", type=int, default=1, help="torch threads")
     mf.add_argument("--data", default=None, help="a dataset file (default: the one the model was built from)")
+    mf.add_argument(
+        "--skip-segments",
+        type=int,
+        default=None,
+        help="leading prompt segments the new model does not read (1: no world rules; default: the source's)",
+    )
     mf.add_argument(
         "--int8", action="store_true", help="also write an int8 copy NAME-int8 if it agrees greedily"
     )

@@ -8,6 +8,7 @@ import json
 import shutil
 from dataclasses import replace
 
+import onnx
 import pytest
 
 pytest.importorskip("torch")
@@ -47,6 +48,11 @@ def test_build_runs_every_stage_and_makes_three_carded_models(built):
         assert art.name == name
         assert "model_card.json" in art.manifest["files"]
         assert "last_token_logits" in art.manifest["graph_rewrites"]
+        # The teacher's MoE blocks are ONNX Runtime MoE nodes (top-2 of its experts), one a layer.
+        ops = [n.op_type for n in onnx.load(str(out / name / "model.onnx")).graph.node]
+        sparse = name == TEACHER
+        assert ("sparse_moe" in art.manifest["graph_rewrites"]) == sparse
+        assert ops.count("MoE") == (art.info.num_layers if sparse else 0)
         card = json.loads((out / name / "model_card.json").read_text())
         assert card["name"] == name and card["task"] == "act" and card["quantized"] is False
         for split in ("heldout_seed", "heldout_persona"):

@@ -81,8 +81,10 @@ def test_finetune_writes_a_carded_model_from_the_student_and_from_an_onnx_only_t
         )
     else:
         assert not (tmp_path / "student-ft-int8").exists()
-    # The teacher ships without transformers weights: it starts from those read back out of its graph.
+    # The teacher ships without transformers weights: it starts from those read back out of its graph;
+    # asked to, it learns to decide without the world's rules (the first prompt segment), as the student.
     assert not (out / TEACHER / "hf").exists()
+    assert load_model_dir(out / TEACHER).info.skip_segments == 0
     args = [
         "models",
         "finetune",
@@ -94,12 +96,18 @@ def test_finetune_writes_a_carded_model_from_the_student_and_from_an_onnx_only_t
         "--steps",
         "2",
     ]
-    assert main([*args, "--batch-size", "4"]) == 0
+    assert main([*args, "--batch-size", "4", "--skip-segments", "1"]) == 0
     assert "ready: teacher-ft" in capsys.readouterr().out
     teacher_card = json.loads((tmp_path / "teacher-ft" / "model_card.json").read_text())
     assert (
         teacher_card["architecture"] == "qwen3_moe" and teacher_card["built"]["fine_tune"]["from"] == TEACHER
     )
+    assert teacher_card["built"]["fine_tune"]["skip_segments"] == 1
+    assert load_model_dir(tmp_path / "teacher-ft").info.skip_segments == 1  # the runtime drops the rules
+    assert not (tmp_path / "teacher-ft" / "hf").exists()  # ONNX only, as the teacher it came from
+    assert [p.name.endswith("-skip1") for p in (tmp_path / ".build").glob("finetune-teacher-ft-*")] == [True]
+    with pytest.raises(ValueError, match="skip_segments is -1"):
+        finetune_model(out / TEACHER, tmp_path / "nope", cfg, **sizes, skip_segments=-1, progress=False)
     with pytest.raises(ValueError, match="quantized"):
         finetune_model(out / INT8, tmp_path / "nope", cfg, **sizes, progress=False)
     # In place, as the shipped student was made: the model directory is replaced by its fine-tune.

@@ -66,7 +66,7 @@ def test_export_of_a_moe_trained_with_router_logits(tiny_models, tmp_path):
     cfg = json.loads((hf / "config.json").read_text())
     (hf / "config.json").write_text(json.dumps({**cfg, "output_router_logits": True}))
     out = export_model(hf, tmp_path / "onnx", "moe-with-router-logits", last_token=True)
-    assert load_model_dir(out).manifest["graph_rewrites"] == ["last_token_logits"]
+    assert load_model_dir(out).manifest["graph_rewrites"] == ["sparse_moe", "last_token_logits"]
     req = Request(model="x", prompt="Ada says", sampling=SamplingParams(max_tokens=8))
     assert (
         make_batcher(out).run([req])[0].token_ids
