@@ -32,11 +32,14 @@ def test_the_default_models_ship_and_are_found_first():
     assert size <= 30 * 2**20, f"shipped models take {size / 2**20:.1f} MiB"
 
 
-def test_the_shipped_student_reads_prompts_without_the_rules_and_the_teacher_with_them(capsys):
+def test_the_shipped_act_models_read_prompts_without_the_rules(capsys):
     from runtime.cli import main as cli_main
 
     assert load_model_dir(SHIPPED_DIR / STUDENT).info.skip_segments == 1  # the lean rounds
-    assert load_model_dir(SHIPPED_DIR / TEACHER).info.skip_segments == 0  # the cascade's teacher reads all
+    for name in (TEACHER, DENSE):  # fine-tuned without them (models finetune --skip-segments 1)
+        assert load_model_dir(SHIPPED_DIR / name).info.skip_segments == 1
+        card = json.loads((SHIPPED_DIR / name / "model_card.json").read_text())
+        assert card["built"]["fine_tune"]["skip_segments"] == 1
     card = json.loads((SHIPPED_DIR / STUDENT / "model_card.json").read_text())
     assert card["built"]["lean"]["skip_segments"] == 1 and card["built"]["lean"]["rounds"] >= 1
     assert cli_main(["models", "list"]) == 0
@@ -65,6 +68,18 @@ def test_shipped_model_verifies_and_has_a_card(name):
     assert card["runtime"]["decisions_per_s"] > 0
     if name == TEACHER:
         assert card["architecture"] == "qwen3_moe" and card["active_parameters"] < card["parameters"]
+        # Its MoE blocks run as ONNX Runtime MoE nodes, each token through its top-2 experts only.
+        import onnx
+
+        ops = [n.op_type for n in onnx.load(str(SHIPPED_DIR / name / "model.onnx")).graph.node]
+        assert "sparse_moe" in art.manifest["graph_rewrites"] and ops.count("MoE") == art.info.num_layers
+        # The students are at least twice as fast as it, measured in one run.
+        assert (
+            json.loads((SHIPPED_DIR / STUDENT / "model_card.json").read_text())["runtime"][
+                "speedup_vs_teacher"
+            ]
+            >= 2.0
+        )
 
 
 def test_shipped_talk_model_verifies_speaks_and_has_a_card():
