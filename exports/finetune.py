@@ -105,11 +105,12 @@ def finetune_model(
     teacher = model_dir.parent / TEACHER
     teacher = teacher if (teacher / "murmurate.json").is_file() and teacher != model_dir else None
     source = load_model_dir(model_dir)  # checked against its manifest
-    # Keyed by the source graph: a re-run resumes its own run, never one from other starting weights
-    # (after an in-place fine-tune the directory holds new weights, so a second one starts afresh).
     skip = source.info.skip_segments if skip_segments is None else int(skip_segments)
     if skip < 0:
         raise ValueError(f"skip_segments is {skip}; it counts leading prompt segments, 0 or more")
+    # Keyed by the source graph: a re-run resumes its own run, never one from other starting weights
+    # (after an in-place fine-tune the directory holds new weights, so a second one starts afresh),
+    # and by the segments it skips when they are not the source's.
     graph_sha = source.manifest["files"]["model.onnx"][:12]
     lean = "" if skip == source.info.skip_segments else f"-skip{skip}"
     work = out.parent / ".build" / f"finetune-{name}-{graph_sha}{lean}"
