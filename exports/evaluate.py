@@ -178,6 +178,22 @@ def loss_by_field(
     return {k: {"loss": a / max(n, 1), "tokens": n} for k, (a, n) in {"all": total, **sums}.items()}
 
 
+def heldout_losses(
+    hf_dir: str | Path, data: Any, splits: Sequence[str] = ("heldout_seed", "heldout_persona")
+) -> dict[str, Any]:
+    """Mean cross-entropy per target token of the model saved in ``hf_dir`` over **every** example of
+    each held-out split of ``data`` (an act dataset): ``{split: {"loss": f, "tokens": n}}``.
+
+    The cards' accuracy samples are a few hundred examples a split, too few to order two models
+    whose losses differ by a few percent; a loss pass over all of them costs about a minute.
+    """
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(hf_dir)
+    tok, _, _ = runtime_tokenizer(hf_dir)
+    return {split: loss_by_field(model, tok, data[split])["all"] for split in splits}
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """``python -m exports.evaluate --data act.jsonl [--split S] [--limit N] HF_DIR ...``: held-out
     loss of each model, split into partner-name tokens and the rest."""

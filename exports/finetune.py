@@ -88,6 +88,7 @@ def finetune_model(
         ValueError: for a model without a card naming its act preset, or a negative ``skip_segments``.
     """
     from exports.card import card_dataset, measure_decisions_per_s, read_model_card, write_model_card
+    from exports.evaluate import heldout_losses
     from exports.onnx_export import export_trained
     from exports.plan import TEACHER
     from exports.train import train
@@ -140,6 +141,13 @@ def finetune_model(
         "data": data.counts(),
         "wall_s": round(wall, 1),
     }
+    # The held-out loss over every held-out example, beside the training run's sampled figures.
+    for split, full in heldout_losses(work / "run" / "hf", data).items():
+        metrics[split] = {
+            **metrics.get(split, {}),
+            "loss_all": full["loss"],
+            "loss_all_tokens": full["tokens"],
+        }
     prompts = [ex.prompt for ex in data["heldout_seed"][:speed_batch]]
     # The teacher is timed once, on the same prompts, for the speed-up of every model written here.
     teacher_rate = measure_decisions_per_s(teacher, prompts)["decisions_per_s"] if teacher else None
@@ -161,7 +169,8 @@ def finetune_model(
 
 def _heldout(model_dir: Path, data: Any, metrics: dict[str, Any], n: int) -> dict[str, Any]:
     """The card's held-out record: ``n`` examples a split through the runtime, with and without the
-    argument choices, beside the torch run's own ``metrics`` (none for a quantized copy)."""
+    argument choices, beside the torch run's own ``metrics`` (none for a quantized copy): the loss
+    and greedy exact match on its sample, and the loss over every example (``loss_all``)."""
     from exports.card import runtime_accuracy
 
     heldout = {}
@@ -171,6 +180,8 @@ def _heldout(model_dir: Path, data: Any, metrics: dict[str, Any], n: int) -> dic
         torch_m = metrics.get(split, {})
         heldout[split] = {
             "loss": torch_m.get("loss"),
+            "loss_all": torch_m.get("loss_all"),
+            "loss_all_tokens": torch_m.get("loss_all_tokens"),
             "exact_match_unconstrained": torch_m.get("exact_match"),
             "n_unconstrained": torch_m.get("n"),
             "exact_match": served["exact_match"],

@@ -71,6 +71,13 @@ def test_finetune_writes_a_carded_model_from_the_student_and_from_an_onnx_only_t
     assert card["built"]["fine_tune"]["from"] == STUDENT and card["built"]["fine_tune"]["steps"] == 3
     assert card["built"]["preset"] == source["built"]["preset"]  # how it was built before is kept
     assert card["heldout"]["heldout_seed"]["n"] == 6 and card["runtime"]["speedup_vs_teacher"] > 0
+    # The held-out loss over every example of the split, not only the sample's.
+    from exports.card import card_dataset
+
+    data = card_dataset(out / STUDENT)
+    for split in ("heldout_seed", "heldout_persona"):
+        held = card["heldout"][split]
+        assert held["loss_all"] > 0 and held["loss_all_tokens"] >= len(data[split]) > 6
     ft = load_model_dir(tmp_path / "student-ft")  # checksummed, card included
     assert ft.info.skip_segments == load_model_dir(out / STUDENT).info.skip_segments
     assert (tmp_path / "student-ft" / "hf" / "model.safetensors").is_file()  # the baselines' weights travel

@@ -56,6 +56,15 @@ def test_the_shipped_act_models_read_prompts_without_the_rules(capsys):
     )
 
 
+def test_the_shipped_teacher_beats_its_dense_baseline_on_held_out_loss():
+    """The factory's target, on every held-out example (the cards' ``loss_all``)."""
+    cards = {n: json.loads((SHIPPED_DIR / n / "model_card.json").read_text()) for n in (TEACHER, DENSE)}
+    for split in ("heldout_seed", "heldout_persona"):
+        teacher, dense = (cards[n]["heldout"][split] for n in (TEACHER, DENSE))
+        assert teacher["loss_all_tokens"] == dense["loss_all_tokens"] > 10_000
+        assert teacher["loss_all"] < dense["loss_all"]
+
+
 @pytest.mark.parametrize("name", REQUIRED)
 def test_shipped_model_verifies_and_has_a_card(name):
     art = load_model_dir(SHIPPED_DIR / name)  # every checksum, the card's included
