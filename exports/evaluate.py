@@ -29,7 +29,7 @@ from exports.dataset import (
 from exports.tokenizer import EOS as EOS_TOKEN
 from exports.tokenizer import PAD as PAD_TOKEN
 from exports.tokenizer import runtime_tokenizer
-from exports.train import _device_of, make_batch, prefix_cache, target_logits
+from exports.train import HELDOUT, _device_of, make_batch, prefix_cache, target_logits
 
 
 def _target_nll(model: Any, enc: Any, idx: list[int], pad_id: int) -> torch.Tensor:
@@ -178,8 +178,9 @@ def loss_by_field(
     return {k: {"loss": a / max(n, 1), "tokens": n} for k, (a, n) in {"all": total, **sums}.items()}
 
 
+@torch.no_grad()
 def heldout_losses(
-    hf_dir: str | Path, data: Any, splits: Sequence[str] = ("heldout_seed", "heldout_persona")
+    hf_dir: str | Path, data: Any, splits: Sequence[str] = HELDOUT, *, batch_size: int = 32
 ) -> dict[str, Any]:
     """Mean cross-entropy per target token of the model saved in ``hf_dir`` over **every** example of
     each held-out split of ``data`` (an act dataset): ``{split: {"loss": f, "tokens": n}}``.
@@ -189,9 +190,21 @@ def heldout_losses(
     """
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(hf_dir)
+    model = AutoModelForCausalLM.from_pretrained(hf_dir).eval()
     tok, _, _ = runtime_tokenizer(hf_dir)
-    return {split: loss_by_field(model, tok, data[split])["all"] for split in splits}
+    eos_id, pad_id = tok.token_to_id(EOS_TOKEN), tok.token_to_id(PAD_TOKEN)
+    out = {}
+    for split in splits:
+        enc = encode_split(tok, data[split], eos_id)
+        n = len(enc.suffix)
+        nll = torch.cat(
+            [
+                _target_nll(model, enc, list(range(lo, min(lo + batch_size, n))), pad_id)
+                for lo in range(0, n, batch_size)
+            ]
+        )
+        out[split] = {"loss": float(nll.mean()), "tokens": int(nll.numel())}
+    return out
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -172,9 +172,10 @@ def _heldout(model_dir: Path, data: Any, metrics: dict[str, Any], n: int) -> dic
     argument choices, beside the torch run's own ``metrics`` (none for a quantized copy): the loss
     and greedy exact match on its sample, and the loss over every example (``loss_all``)."""
     from exports.card import runtime_accuracy
+    from exports.train import HELDOUT
 
     heldout = {}
-    for split in ("heldout_seed", "heldout_persona"):
+    for split in HELDOUT:
         served = runtime_accuracy(model_dir, data[split], limit=n)
         free = runtime_accuracy(model_dir, data[split], limit=n, choices=False)
         torch_m = metrics.get(split, {})
