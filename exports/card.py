@@ -12,7 +12,7 @@ import hashlib
 import json
 import time
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -281,22 +281,40 @@ def cascade_accuracy(
     }
 
 
-def card_dataset(model_dir: str | Path, data_path: str | Path | None = None) -> Any:
+def card_dataset(
+    model_dir: str | Path, data_path: str | Path | None = None, train_sample_rate: float | None = None
+) -> Any:
     """The act dataset (every split) the model in ``model_dir`` was built from.
 
     It comes from, in order: ``data_path``; the build directory the model was built in
     (``<model_dir>/../.build/act.jsonl``) if its spec is the card's; a cached rollout of the card's
     dataset spec; a fresh rollout of that spec (cached for next time). The expert rollout is
-    deterministic in its spec, so all of these are the same examples. A model without a card gets
-    the default spec's dataset.
+    deterministic in its spec, so all of these are the same examples, as long as the rules and the
+    observation text are the ones the world writes now (a file of another observation format is not
+    used, and one given as ``data_path`` is refused). A model without a card gets the default
+    spec's dataset. ``train_sample_rate`` sets the spec's (more training decisions from the same
+    worlds; the held-out splits are the same).
     """
     from exports.dataset import DatasetSpec, build_act_dataset, load_dataset, save_dataset
+    from worlds.village.observation import OBSERVATION_FORMAT
 
     if data_path is not None:
-        return load_dataset(data_path)
+        if train_sample_rate is not None:
+            raise ValueError(
+                "a dataset file has its own sample rate: give a data path or a train_sample_rate"
+            )
+        data = load_dataset(data_path)
+        if data.observation != OBSERVATION_FORMAT:
+            raise ValueError(
+                f"{data_path} holds observations of format {data.observation}, the village now writes "
+                f"format {OBSERVATION_FORMAT}: roll the dataset out again (leave out the data path)"
+            )
+        return data
     card = read_model_card(model_dir) or {}
     spec_fields = (card.get("built") or {}).get("dataset_spec")
     spec = DatasetSpec(**spec_fields) if spec_fields else DatasetSpec()
+    if train_sample_rate is not None:
+        spec = replace(spec, train_sample_rate=train_sample_rate)
     from runtime.registry import search_path
     from worlds import make_world
 
@@ -305,9 +323,10 @@ def card_dataset(model_dir: str | Path, data_path: str | Path | None = None) -> 
     if local.is_file():
         data = load_dataset(local)
         first = next(iter(data["heldout_seed"] or data["train"]), None)
-        if data.spec == spec and (first is None or first.prompt[0].strip() == rules.strip()):
+        same_rules = first is None or first.prompt[0].strip() == rules.strip()
+        if data.spec == spec and same_rules and data.observation == OBSERVATION_FORMAT:
             return data
-    key = {**asdict(spec), "rules": rules}
+    key = {**asdict(spec), "rules": rules, "observation": OBSERVATION_FORMAT}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     cached = search_path()[-1].parent / "datasets" / f"act-{digest}.jsonl"
     if cached.is_file():

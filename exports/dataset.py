@@ -17,7 +17,8 @@ Generated personas are numbered (``Ansel-137``); the number blocks of training a
 worlds are interleaved so both splits see names of the same shape. Everything is drawn from one
 seeded generator, so a spec always gives the same dataset.
 
-Files are JSONL: a header line (format, spec, counts, and a table of the shared segments — rules,
+Files are JSONL: a header line (format, spec, counts, the observation text's format
+(:data:`worlds.village.observation.OBSERVATION_FORMAT`), and a table of the shared segments — rules,
 role, persona — which would otherwise repeat in every line) followed by one example per line.
 """
 
@@ -32,6 +33,8 @@ from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
+
+from worlds.village.observation import OBSERVATION_FORMAT
 
 FORMAT = "murmurate.act-dataset/1"
 SPLITS = ("train", "heldout_seed", "heldout_persona")
@@ -75,11 +78,10 @@ class DatasetSpec:
         sample_rate: fraction of decisions kept, so consecutive near-identical ticks do not
             dominate; the rest are simulated but not recorded.
         seed: the one seed everything is drawn from.
-        fresh_names: share of training worlds whose default villagers carry generated names (from
-            their world's own number block, never a held-out one). With 0 every training world has
-            the default cast under its own names, which then fill most partner slots in training
-            while a held-out persona's partners are all new names; 0 gives the datasets of earlier
-            releases unchanged.
+        fresh_names: share of training worlds whose default villagers carry generated names (their
+            world's own number block); with 0 (earlier releases) the default cast keeps its names.
+        train_sample_rate: ``sample_rate`` of the training worlds only (None: the same): more
+            training decisions while the held-out splits stay example for example the same.
     """
 
     world: str = "village"
@@ -91,6 +93,7 @@ class DatasetSpec:
     sample_rate: float = 0.2
     seed: int = 0
     fresh_names: float = 0.0
+    train_sample_rate: float | None = None
 
 
 @dataclass
@@ -99,6 +102,8 @@ class ActDataset:
 
     spec: DatasetSpec
     splits: dict[str, list[ActExample]] = field(default_factory=dict)
+    observation: int = OBSERVATION_FORMAT
+    """The observation text's format its prompts carry (files from before it was recorded: 1)."""
 
     def __getitem__(self, split: str) -> list[ActExample]:
         return self.splits[split]
@@ -199,25 +204,20 @@ def _rollout(plan: _WorldPlan, spec: DatasetSpec, rng: np.random.Generator, bar:
     obs, _ = world.reset(seed=plan.seed)
     brain = ExpertBrain(world, record_prompts=True)
     out: list[ActExample] = []
+    rate = spec.sample_rate
+    if plan.split == "train" and spec.train_sample_rate is not None:
+        rate = spec.train_sample_rate  # the worlds play out alike whatever is kept
     while world.agents:
         brain.requests(obs)
         actions = brain.actions()
-        keep = rng.random(len(actions)) < spec.sample_rate
+        keep = rng.random(len(actions)) < rate
         for (agent, _), kept in zip(actions.items(), keep):
             decision = brain.last_decision[agent]
             # A fallback means the expert itself failed: that is not behaviour to imitate.
             if kept and decision.source == "expert":
-                role = world.persona(agent).role
+                prompt, role = brain.last_prompt[agent], world.persona(agent).role
                 out.append(
-                    ActExample(
-                        prompt=brain.last_prompt[agent],
-                        target=decision.text,
-                        split=plan.split,
-                        world_seed=plan.seed,
-                        agent=agent,
-                        tick=decision.tick,
-                        role=role,
-                    )
+                    ActExample(prompt, decision.text, plan.split, plan.seed, agent, decision.tick, role)
                 )
         obs, *_ = world.step(actions)
         bar.update(1)
@@ -265,6 +265,7 @@ def save_dataset(data: ActDataset, path: str | Path) -> Path:
         "format": FORMAT,
         "spec": asdict(data.spec),
         "counts": data.counts(),
+        "observation": data.observation,
         "segments": list(table),
     }
     tmp = path.with_suffix(path.suffix + ".tmp")
@@ -291,7 +292,9 @@ def load_dataset(path: str | Path) -> ActDataset:
         if not isinstance(header, dict) or header.get("format") != FORMAT:
             raise ValueError(f"{path} is not a {FORMAT} file (header says {header!r:.80})")
         segments = header["segments"]
-        data = ActDataset(DatasetSpec(**header["spec"]), {s: [] for s in SPLITS})
+        data = ActDataset(
+            DatasetSpec(**header["spec"]), {s: [] for s in SPLITS}, header.get("observation", 1)
+        )
         for row in map(json.loads, f):
             prompt = tuple(segments[i] for i in row.pop("shared")) + tuple(row.pop("prompt"))
             data.splits[row["split"]].append(ActExample(prompt=prompt, **row))

@@ -8,12 +8,14 @@ and writes a new, carded model directory:
 - the starting weights are the model's transformers weights (``hf/``), or, for a model that ships as
   ONNX only (the teacher, the dense baseline), its weights read back out of ``model.onnx``
   (:mod:`exports.recover`);
-- the data is the dataset the model was built from (:func:`exports.card.card_dataset`), or a file;
+- the data is the dataset the model was built from (:func:`exports.card.card_dataset`), or a file
+  (whose spec the ``fine_tune`` record then keeps);
 - the run is :func:`exports.train.train` with a fresh schedule (resumable: re-running the same
   command continues an interrupted run), the same preset and the segments the model skips (or more:
   a teacher can learn to decide without the world's rules, as the lean student does);
 - the new directory ships as the source did (with or without its transformers weights in ``hf/``);
-  its card keeps the source card's record of how it was built, adds a ``fine_tune`` record, and
+  its card keeps the source card's record of how it was built, adds a ``fine_tune`` record (which
+  holds the source's own under ``previous``), and
   re-measures held-out accuracy and decisions/s in the runtime; with ``int8`` an int8 copy is
   written beside it if it agrees with the fp32 model greedily.
 """
@@ -23,7 +25,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +73,7 @@ def finetune_model(
     speed_batch: int = 64,
     name: str | None = None,
     data_path: str | Path | None = None,
+    train_sample_rate: float | None = None,
     skip_segments: int | None = None,
     int8: bool = False,
     progress: bool = True,
@@ -88,6 +91,7 @@ def finetune_model(
         ValueError: for a model without a card naming its act preset, or a negative ``skip_segments``.
     """
     from exports.card import card_dataset, measure_decisions_per_s, read_model_card, write_model_card
+    from exports.dataset import DatasetSpec
     from exports.evaluate import heldout_losses
     from exports.onnx_export import export_trained
     from exports.plan import TEACHER
@@ -117,7 +121,7 @@ def finetune_model(
     work = out.parent / ".build" / f"finetune-{name}-{graph_sha}{lean}"
     work.mkdir(parents=True, exist_ok=True)
     init = _start_weights(model_dir, work)
-    data = card_dataset(model_dir, data_path)
+    data = card_dataset(model_dir, data_path, train_sample_rate)
     run_cfg = replace(
         cfg,
         preset=built["preset"],
@@ -141,6 +145,10 @@ def finetune_model(
         "data": data.counts(),
         "wall_s": round(wall, 1),
     }
+    if data.spec != DatasetSpec(**built.get("dataset_spec", {})):  # other data than the build's
+        record["dataset_spec"] = asdict(data.spec)
+    if built.get("fine_tune"):  # a fine-tune of a fine-tune keeps the chain
+        record["previous"] = built["fine_tune"]
     # The held-out loss over every held-out example, beside the training run's sampled figures.
     for split, full in heldout_losses(work / "run" / "hf", data).items():
         metrics[split] = {

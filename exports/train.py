@@ -267,11 +267,17 @@ def _optimizer(model: Any, cfg: TrainConfig) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95))
 
 
-def _save_checkpoint(path: Path, model: Any, opt: torch.optim.Optimizer, step: int, cfg: TrainConfig) -> None:
+def _run_key(cfg: TrainConfig, data: ActDataset) -> dict[str, Any]:
+    """What a checkpoint must match to be resumed: the configuration and the observation text the
+    data carries (a checkpoint from before an observation change is another run)."""
+    return {**asdict(cfg), "observation": data.observation}
+
+
+def _save_checkpoint(
+    path: Path, model: Any, opt: torch.optim.Optimizer, step: int, key: dict[str, Any]
+) -> None:
     tmp = path.with_suffix(".tmp")
-    torch.save(
-        {"model": model.state_dict(), "optim": opt.state_dict(), "step": step, "config": asdict(cfg)}, tmp
-    )
+    torch.save({"model": model.state_dict(), "optim": opt.state_dict(), "step": step, "config": key}, tmp)
     os.replace(tmp, path)  # atomic: an interruption mid-save keeps the previous checkpoint
 
 
@@ -353,7 +359,7 @@ def train(
     start = 0
     if resume and ckpt_path.exists():
         state = torch.load(ckpt_path, weights_only=False, map_location=device)
-        if _same_run(state.get("config", {}), asdict(cfg)):
+        if _same_run(state.get("config", {}), _run_key(cfg, data)):
             model.load_state_dict(state["model"])
             opt.load_state_dict(state["optim"])
             start = state["step"]
@@ -418,7 +424,7 @@ def train(
             log.write(json.dumps(rec) + "\n")
             log.flush()
         if (step + 1) % cfg.save_every == 0 or step + 1 == end:
-            _save_checkpoint(ckpt_path, model, opt, step + 1, cfg)
+            _save_checkpoint(ckpt_path, model, opt, step + 1, _run_key(cfg, data))
     bar.close()
     log.close()
     wall = time.time() - t0

@@ -86,7 +86,14 @@ def cmd_models_finetune(args: argparse.Namespace) -> int:
         threads=args.threads,
     )
     r = finetune_model(
-        src, out, cfg, name=name, data_path=args.data, skip_segments=args.skip_segments, int8=args.int8
+        src,
+        out,
+        cfg,
+        name=name,
+        data_path=args.data,
+        train_sample_rate=args.train_sample_rate,
+        skip_segments=args.skip_segments,
+        int8=args.int8,
     )
     held = r["card"]["heldout"]
     console.print(
@@ -393,6 +400,12 @@ def add_models_parser(sub: argparse._SubParsersAction) -> None:
     mf.add_argument("--seed", type=int, default=100)
     mf.add_argument("--threads", type=int, default=1, help="torch threads")
     mf.add_argument("--data", default=None, help="a dataset file (default: the one the model was built from)")
+    mf.add_argument(
+        "--train-sample-rate",
+        type=float,
+        default=None,
+        help="the share of the training worlds' decisions kept (the build's 0.2; 1: five times the data)",
+    )
     mf.add_argument(
         "--skip-segments",
         type=int,

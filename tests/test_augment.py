@@ -48,8 +48,8 @@ def test_rename_is_consistent_and_changes_nothing_but_names(data):  # noqa: F811
         near_old = re.search(r"near (.*)", ex.prompt[-1])
         near_new = re.search(r"near (.*)", new.prompt[-1])
         if near_old and old_to in near_old.group(1):
-            old_names = [n.rsplit(" ", 1)[0] for n in near_old.group(1).split(", ")]
-            new_names = [n.rsplit(" ", 1)[0] for n in near_new.group(1).split(", ")]
+            old_names = [n.split(" ", 1)[1] for n in near_old.group(1).split(", ")]
+            new_names = [n.split(" ", 1)[1] for n in near_new.group(1).split(", ")]
             assert new_names[old_names.index(old_to)] == new_to
         parse_action(Village.action_type, new.target)  # still a valid action
 
@@ -63,7 +63,7 @@ def test_own_name_and_bare_first_name_follow_together():
             "rules",
             "You are Lenz-484, a woodcutter.\nBackstory: Lenz grew up in a northern town.\n",
             'Memories:\n- t3: Alda said: "hello"\n',
-            "Now:\nnear Alda farmer, Lenz-12 fisher\nAction:",
+            "Now:\nnear farmer Alda, fisher Lenz-12\nAction:",
         ),
         target='{"action": "talk", "to": "Lenz-12", "text": "hello"}',
         split="train",
@@ -80,7 +80,7 @@ def test_own_name_and_bare_first_name_follow_together():
     assert partner in new.prompt[3] and partner.split("-")[0] == own.group(1)  # Lenz-12 shares Lenz
     assert partner != own.group(0)[len("You are ") :]  # two numbers, two names
     alda = re.search(r"t3: (\w+) said", new.prompt[2]).group(1)
-    assert f"near {alda} farmer" in new.prompt[3]
+    assert f"near farmer {alda}," in new.prompt[3]
 
 
 def test_held_out_persona_numbers_are_excluded(data):  # noqa: F811

@@ -82,6 +82,24 @@ def test_load_rejects_foreign_and_truncated_files(data, tmp_path):
         load_dataset(tmp_path / "other.jsonl")
 
 
+def test_a_dataset_of_an_older_observation_text_is_not_used(data, tmp_path):
+    from exports.card import card_dataset
+    from worlds.village.observation import OBSERVATION_FORMAT
+
+    assert load_dataset(save_dataset(data, tmp_path / "act.jsonl")).observation == OBSERVATION_FORMAT
+    old = replace(data, observation=OBSERVATION_FORMAT - 1)
+    path = save_dataset(old, tmp_path / "old.jsonl")
+    assert load_dataset(path).observation == OBSERVATION_FORMAT - 1
+    with pytest.raises(ValueError, match="roll the dataset out again"):
+        card_dataset(tmp_path / "no-model", data_path=path)
+    header = json.loads(path.read_text().splitlines()[0])
+    del header["observation"]  # files from before the format was recorded are format 1
+    (tmp_path / "older.jsonl").write_text(
+        "\n".join([json.dumps(header), *path.read_text().splitlines()[1:]]) + "\n"
+    )
+    assert load_dataset(tmp_path / "older.jsonl").observation == 1
+
+
 def test_heldout_splits_are_disjoint_from_training(data):
     assert all(data[s] for s in SPLITS)
     train_names = data.personas("train")
@@ -119,6 +137,19 @@ def test_fresh_names_rename_the_default_villagers_of_some_training_worlds(data):
     assert traits(fresh) == traits(data)
     with pytest.raises(ValueError, match="fresh_names"):
         build_act_dataset(replace(SPEC, fresh_names=1.5), progress=False)
+
+
+def test_a_training_sample_rate_adds_training_decisions_and_keeps_the_heldout_splits(data, tmp_path):
+    from exports.card import card_dataset
+
+    more = build_act_dataset(replace(SPEC, train_sample_rate=1.0), progress=False)
+    assert more["heldout_seed"] == data["heldout_seed"]
+    assert more["heldout_persona"] == data["heldout_persona"]
+    assert len(more["train"]) > 3 * len(data["train"])
+    kept = {(ex.world_seed, ex.agent, ex.tick) for ex in more["train"]}
+    assert {(ex.world_seed, ex.agent, ex.tick) for ex in data["train"]} <= kept  # the same worlds
+    with pytest.raises(ValueError, match="give a data path or a train_sample_rate"):
+        card_dataset(tmp_path, save_dataset(data, tmp_path / "act.jsonl"), train_sample_rate=1.0)
 
 
 def test_examples_are_what_the_model_brain_sees_and_the_decoder_emits(data):

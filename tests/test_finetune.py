@@ -56,7 +56,7 @@ def test_weights_recovered_from_the_onnx_graph_reproduce_it(built, tmp_path, nam
 
 
 def test_finetune_writes_a_carded_model_from_the_student_and_from_an_onnx_only_teacher(
-    built, tmp_path, capsys
+    built, tmp_path, capsys, monkeypatch
 ):
     from exports.finetune import FINETUNE, finetune_model
     from runtime.cli import main
@@ -103,9 +103,22 @@ def test_finetune_writes_a_carded_model_from_the_student_and_from_an_onnx_only_t
         "--steps",
         "2",
     ]
-    assert main([*args, "--batch-size", "4", "--skip-segments", "1"]) == 0
+    # ... on every decision of the training worlds (a rollout of its own, cached beside the user models).
+    monkeypatch.setenv("MURMURATE_MODELS", str(tmp_path / "user-models"))
+    assert main([*args, "--batch-size", "4", "--skip-segments", "1", "--train-sample-rate", "1"]) == 0
     assert "ready: teacher-ft" in capsys.readouterr().out
     teacher_card = json.loads((tmp_path / "teacher-ft" / "model_card.json").read_text())
+    record, source = (
+        teacher_card["built"]["fine_tune"],
+        json.loads((out / TEACHER / "model_card.json").read_text()),
+    )
+    assert record["dataset_spec"]["train_sample_rate"] == 1.0 and list(
+        (tmp_path / "datasets").glob("act-*.jsonl")
+    )
+    assert record["data"]["train"] > source["built"]["data"]["train"]
+    assert (
+        record["data"]["heldout_seed"] == source["built"]["data"]["heldout_seed"]
+    )  # the same held-out split
     assert (
         teacher_card["architecture"] == "qwen3_moe" and teacher_card["built"]["fine_tune"]["from"] == TEACHER
     )
@@ -129,8 +142,10 @@ def test_finetune_writes_a_carded_model_from_the_student_and_from_an_onnx_only_t
     assert (
         json.loads((shelf / STUDENT / "model_card.json").read_text())["built"]["fine_tune"]["from"] == STUDENT
     )
-    # Again: it starts from the new weights (a run of its own), not by resuming the finished first run.
+    # Again: it starts from the new weights (a run of its own), not by resuming the finished first run;
+    # the card keeps the first fine-tune's record under the second's.
     once = (shelf / STUDENT / "model.onnx").read_bytes()
-    finetune_model(shelf / STUDENT, shelf / STUDENT, cfg, **sizes, progress=False)
+    r = finetune_model(shelf / STUDENT, shelf / STUDENT, cfg, **sizes, progress=False)
     assert (shelf / STUDENT / "model.onnx").read_bytes() != once
+    assert r["card"]["built"]["fine_tune"]["previous"]["from"] == STUDENT
     assert len(list((shelf / ".build").glob("finetune-*"))) == 2

@@ -178,7 +178,7 @@ def test_observation_text_round_trips():
         "last gathered 1 fish",
         "spare 2 fish",
         'refused "eat: \\"wood\\" is not food"',
-        "near Bram merchant, Cora farmer",
+        "near merchant Bram, farmer Cora",
         'heard Bram "say \\"hi\\", \\\\ ok"',
         "offer Bram gives 3 coins for 1 fish, good",
         "offer Cora gives 2 wheat for 9 coins, bad",

@@ -10,7 +10,10 @@ the persona's traits make of the numbers, so a model need not do trait arithmeti
   ``laden`` when a producer carries enough to be worth a trip to the market (:func:`laden_at`);
 - each offer ends with this agent's verdict on it, ``good`` or ``bad`` (:func:`appraise`);
 - at the market, ``spare`` says what this agent's habits would sell there (:func:`for_sale`), so
-  neither the choice to sell nor the quantity takes arithmetic.
+  neither the choice to sell nor the quantity takes arithmetic;
+- ``near`` writes each agent within reach role first (``merchant Bram``): the experts pick a
+  partner by role (the first producer, the first guest), and a causal model reads the role before
+  the name it then copies.
 
 The needs themselves (0-1 numbers) stay in :class:`VillageObs` for the world, the renderer and
 the inspector, but are not in the text. Example::
@@ -21,7 +24,7 @@ the inspector, but are not in the text. Example::
     last go_to market, arrived
     spare 7 wheat
     refused "eat: you have no meal"
-    near Bram merchant, Cora farmer
+    near merchant Bram, farmer Cora
     heard Bram "fresh fish here"
     offer Bram gives 2 fish for 3 coins, good
 """
@@ -39,6 +42,10 @@ _HEAD = re.compile(r"(day|night) at (\S+)$")
 _CARRY = re.compile(r"carry (\d+) coins((?:, \S+ \d+)*)$")
 _FEEL = re.compile(r"feel ([a-z, ]+)$")
 _OFFER = re.compile(r"offer (\S+) gives (\d+) (\S+) for (\d+) (\S+), (good|bad)$")
+
+OBSERVATION_FORMAT = 2
+"""Bumped whenever the text changes (2: roles before names), so datasets of the old text are not
+reused (:func:`exports.card.card_dataset` keys its cache on it)."""
 
 PRODUCE: dict[str, tuple[str, str]] = {
     "farmer": ("wheat", "fields"),
@@ -323,7 +330,7 @@ class VillageObs:
         if self.refused is not None:
             lines.append("refused " + json.dumps(self.refused))
         if self.near:
-            lines.append("near " + ", ".join(f"{n.name} {n.role}" for n in self.near))
+            lines.append("near " + ", ".join(f"{n.role} {n.name}" for n in self.near))
         lines += [f"heard {who} {json.dumps(text)}" for who, text in self.heard]
         lines += [
             f"offer {o.offer_from} gives {o.give_qty} {o.give} for {o.get_qty} {o.get}, "
@@ -361,7 +368,7 @@ class VillageObs:
                     fields["refused"] = json.loads(rest)
                 elif key == "near":
                     for part in rest.split(", "):
-                        name, role = part.split(" ")
+                        role, name = part.split(" ")
                         near.append(Neighbor(name, role))
                 elif key == "heard":
                     who, _, said = rest.partition(" ")
