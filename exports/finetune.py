@@ -8,8 +8,9 @@ and writes a new, carded model directory:
 - the starting weights are the model's transformers weights (``hf/``), or, for a model that ships as
   ONNX only (the teacher, the dense baseline), its weights read back out of ``model.onnx``
   (:mod:`exports.recover`);
-- the data is the dataset the model was built from (:func:`exports.card.card_dataset`), or a file
-  (whose spec the ``fine_tune`` record then keeps);
+- the data is the dataset the model was built from (:func:`exports.card.card_dataset`), that
+  dataset with more of its training worlds' decisions kept (``train_sample_rate``), or a file; data
+  other than the build's has its spec in the ``fine_tune`` record;
 - the run is :func:`exports.train.train` with a fresh schedule (resumable: re-running the same
   command continues an interrupted run), the same preset and the segments the model skips (or more:
   a teacher can learn to decide without the world's rules, as the lean student does);
@@ -84,7 +85,8 @@ def finetune_model(
     graph's sha256 prefix>``: re-running the same command resumes it.
     ``cfg`` is the run (:data:`FINETUNE` by default; its preset, warm-up, starting weights and skipped
     segments are the model's); ``card_examples`` held-out examples per split are measured through the
-    runtime for the card, ``speed_batch`` prompts time its decisions/s.
+    runtime for the card, ``speed_batch`` prompts time its decisions/s. ``data_path`` or
+    ``train_sample_rate`` (not both) replace the build's data (see the module docstring).
     Returns the new card (and ``int8``'s agreement check under ``"int8"`` when asked).
 
     Raises:

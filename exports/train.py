@@ -268,9 +268,10 @@ def _optimizer(model: Any, cfg: TrainConfig) -> torch.optim.Optimizer:
 
 
 def _run_key(cfg: TrainConfig, data: ActDataset) -> dict[str, Any]:
-    """What a checkpoint must match to be resumed: the configuration and the observation text the
-    data carries (a checkpoint from before an observation change is another run)."""
-    return {**asdict(cfg), "observation": data.observation}
+    """What a checkpoint must match to be resumed: the configuration, the data's spec and the
+    observation text it carries (a checkpoint on other data, or from before an observation change,
+    is another run)."""
+    return {**asdict(cfg), "data": asdict(data.spec), "observation": data.observation}
 
 
 def _save_checkpoint(

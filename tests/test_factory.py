@@ -312,6 +312,20 @@ def test_resume_from_checkpoint_gives_the_same_weights(data, tok_dir, tmp_path):
         assert torch.equal(whole[key], split[key]), key
     steps = [json.loads(ln)["step"] for ln in (tmp_path / "split" / "log.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4, 5, 6]  # each step logged once, the unsaved step 4 redone
+    # A checkpoint of a run on other data (here the training examples in another order, under
+    # another spec or of an older observation text) is another run: training starts afresh and ends
+    # where the uninterrupted run did.
+    shuffled = {**data.splits, "train": data["train"][::-1]}
+    for i, other in enumerate(
+        [
+            replace(data, spec=replace(data.spec, seed=99), splits=shuffled),
+            replace(data, observation=1, splits=shuffled),
+        ]
+    ):
+        train(cfg, other, tmp_path / f"other{i}", stop_after=3, **kw)
+        train(cfg, data, tmp_path / f"other{i}", resume=True, **kw)
+        again = load_file(tmp_path / f"other{i}" / "hf" / "model.safetensors")
+        assert all(torch.equal(whole[key], again[key]) for key in whole)
 
 
 def test_training_device_is_resolved_and_stays_out_of_the_recipe(data, tok_dir, tmp_path, monkeypatch):
