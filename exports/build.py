@@ -121,11 +121,8 @@ def build_models(
     from exports.dataset import build_act_dataset, load_dataset, train_act_tokenizer
     from exports.tokenizer import save_tokenizer
     from exports.train import train
-    from worlds.village.observation import OBSERVATION_FORMAT
 
     data_path = work / "act.jsonl"
-    if data_path.is_file() and load_dataset(data_path).observation != OBSERVATION_FORMAT:
-        state.done.pop("dataset", None)  # rolled out with an older observation text: roll out again
     stage(
         "dataset",
         [data_path],

@@ -216,8 +216,12 @@ def rollout_round(
 
 
 def rollout_fields(cfg: DaggerConfig) -> dict[str, Any]:
-    """What a rollout of :func:`world_rollouts` depends on (not the fine-tuning that follows)."""
-    return {k: getattr(cfg, k) for k in ("ticks", "sample_rate", "beta", "seed")} | {"design": ROLLOUTS}
+    """What a rollout of :func:`world_rollouts` depends on (not the fine-tuning that follows), the
+    observation text the prompts are written in included."""
+    from worlds.village.observation import OBSERVATION_FORMAT
+
+    fields = {k: getattr(cfg, k) for k in ("ticks", "sample_rate", "beta", "seed")}
+    return fields | {"design": ROLLOUTS, "observation": OBSERVATION_FORMAT}
 
 
 def world_rollouts(

@@ -15,6 +15,7 @@ from typing import Any
 
 from exports.dagger import ROLLOUTS, DaggerConfig
 from exports.dataset import DatasetSpec
+from worlds.village.observation import OBSERVATION_FORMAT
 
 TEACHER, DENSE, STUDENT = "village-act-teacher", "village-act-dense", "village-act"
 INT8 = "village-act-int8"
@@ -100,7 +101,7 @@ class BuildPlan:
         redoes that run and what depends on it, and nothing upstream.
         """
         d = self.to_dict()
-        keys = {"dataset": _digest(d["data"])}
+        keys = {"dataset": _digest([d["data"], OBSERVATION_FORMAT])}  # a new observation text: new data
         keys["tokenizer"] = _digest([keys["dataset"], d["vocab_size"]])
         for run in ("teacher", "dense"):
             keys[TRAIN_STAGE[run]] = _digest([keys["tokenizer"], d[run]])

@@ -290,6 +290,18 @@ def test_fresh_names_reach_the_dataset_and_every_stage_key():
     assert a.keys() == b.keys() and all(a[k] != b[k] for k in a)
 
 
+def test_a_new_observation_text_changes_every_stage_key(monkeypatch):
+    import exports.plan
+    import worlds.village.observation
+
+    plan = make_plan("full")
+    a = plan.stage_keys()
+    monkeypatch.setattr(exports.plan, "OBSERVATION_FORMAT", exports.plan.OBSERVATION_FORMAT + 1)
+    monkeypatch.setattr(worlds.village.observation, "OBSERVATION_FORMAT", exports.plan.OBSERVATION_FORMAT)
+    b = plan.stage_keys()
+    assert a.keys() == b.keys() and all(a[k] != b[k] for k in a)
+
+
 def test_refine_rounds_change_only_the_dagger_stage_and_what_follows():
     plan = make_plan("full")
     assert plan.refine.rounds > 0 and plan.refine.balance > 0 and plan.refine.seed != plan.dagger.seed

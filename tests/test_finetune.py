@@ -108,17 +108,12 @@ def test_finetune_writes_a_carded_model_from_the_student_and_from_an_onnx_only_t
     assert main([*args, "--batch-size", "4", "--skip-segments", "1", "--train-sample-rate", "1"]) == 0
     assert "ready: teacher-ft" in capsys.readouterr().out
     teacher_card = json.loads((tmp_path / "teacher-ft" / "model_card.json").read_text())
-    record, source = (
-        teacher_card["built"]["fine_tune"],
-        json.loads((out / TEACHER / "model_card.json").read_text()),
-    )
-    assert record["dataset_spec"]["train_sample_rate"] == 1.0 and list(
-        (tmp_path / "datasets").glob("act-*.jsonl")
-    )
-    assert record["data"]["train"] > source["built"]["data"]["train"]
-    assert (
-        record["data"]["heldout_seed"] == source["built"]["data"]["heldout_seed"]
-    )  # the same held-out split
+    record = teacher_card["built"]["fine_tune"]
+    source = json.loads((out / TEACHER / "model_card.json").read_text())["built"]["data"]
+    assert record["dataset_spec"]["train_sample_rate"] == 1.0
+    assert list((tmp_path / "datasets").glob("act-*.jsonl"))
+    assert record["data"]["train"] > source["train"]
+    assert record["data"]["heldout_seed"] == source["heldout_seed"]  # the same held-out split
     assert (
         teacher_card["architecture"] == "qwen3_moe" and teacher_card["built"]["fine_tune"]["from"] == TEACHER
     )
