@@ -64,8 +64,10 @@ def test_the_shipped_teacher_and_its_dense_baseline_are_compared_like_for_like()
     cards = {n: json.loads((SHIPPED_DIR / n / "model_card.json").read_text()) for n in (TEACHER, DENSE)}
     teacher, dense = (cards[n]["built"]["fine_tune"] for n in (TEACHER, DENSE))
     same = ("steps", "lr", "batch_size", "balance", "rename", "reorder", "seed", "data", "dataset_spec")
-    assert {k: teacher.get(k) for k in same} == {k: dense.get(k) for k in same}
-    assert teacher["previous"]["steps"] == dense["previous"]["steps"]
+    while teacher or dense:  # this fine-tune, then each one before it, recipe for recipe
+        assert {k: teacher.get(k) for k in same} == {k: dense.get(k) for k in same}
+        teacher, dense = teacher.get("previous"), dense.get("previous")
+        assert (teacher is None) == (dense is None)
     for split in ("heldout_seed", "heldout_persona"):
         held = [cards[n]["heldout"][split] for n in (TEACHER, DENSE)]
         assert held[0]["loss_all_tokens"] == held[1]["loss_all_tokens"] > 10_000  # the same examples
