@@ -66,7 +66,9 @@ def sample_tokens(
     return [_pick(logits[b], logp[b], p, rng) for b, (p, rng) in enumerate(zip(params, rngs))]
 
 
-def _pick(logits: np.ndarray, logp: np.ndarray, params: SamplingParams, rng: np.random.Generator) -> tuple[int, float]:
+def _pick(
+    logits: np.ndarray, logp: np.ndarray, params: SamplingParams, rng: np.random.Generator
+) -> tuple[int, float]:
     if params.temperature == 0.0:
         tok = int(np.argmax(logits))
         return tok, float(logp[tok])

@@ -106,7 +106,17 @@ def test_run_village_speech_serves_the_talk_model_beside_the_act_model(ray_sessi
     from runtime.cli import main
 
     out = tmp_path / "run"
-    args = ["run", "village", "--ticks", "14", "--headless", "--out", str(out), "--record", str(tmp_path / "v.gif")]
+    args = [
+        "run",
+        "village",
+        "--ticks",
+        "14",
+        "--headless",
+        "--out",
+        str(out),
+        "--record",
+        str(tmp_path / "v.gif"),
+    ]
     args += ["--speech", "--talk-model", str(tiny_models["llama"]), "--workers", "1", "--worker-cpus", "0.5"]
     assert main(args) == 0
     ticks = [json.loads(x) for x in (out / "events.jsonl").read_text().splitlines() if '"type": "tick"' in x]

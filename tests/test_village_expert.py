@@ -241,8 +241,12 @@ def test_expert_innkeepers_sell_meals_at_their_price_and_cook():
 def test_expert_sells_at_most_the_market_limit():
     # An innkeeper can pile up more meals than one sale may carry (found when a student drove).
     inn = VillagePersona(name="Katrin", role="innkeeper")
-    assert expert_action(inn, obs_at(inn, area="market", inventory=(("meal", 14),))) == Sell(item="meal", qty=10)
-    assert expert_action(inn, obs_at(inn, area="market", inventory=(("meal", 7),))) == Sell(item="meal", qty=5)
+    assert expert_action(inn, obs_at(inn, area="market", inventory=(("meal", 14),))) == Sell(
+        item="meal", qty=10
+    )
+    assert expert_action(inn, obs_at(inn, area="market", inventory=(("meal", 7),))) == Sell(
+        item="meal", qty=5
+    )
 
 
 def test_expert_needs():

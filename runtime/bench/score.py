@@ -94,7 +94,9 @@ def _mean(rows: list[dict[str, Any]], key: str) -> float | None:
     return sum(vals) / len(vals) if vals else None
 
 
-def run_score_bench(cfg: ScoreBenchConfig, *, json_path: str | None = None, console: Console | None = None) -> dict:
+def run_score_bench(
+    cfg: ScoreBenchConfig, *, json_path: str | None = None, console: Console | None = None
+) -> dict:
     """Run the expert, the model and (optionally) the cascade over the same seeds; print and return."""
     from runtime.artifacts import load_model_dir
     from runtime.bench.village import VillageBenchConfig, _scheduler
