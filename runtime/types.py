@@ -186,8 +186,6 @@ class BatcherStats:
     engine_s: float = 0.0  # inside ONNX Runtime
     step_s: float = 0.0  # inside :meth:`Batcher.step` (engine included)
     add_s: float = 0.0  # queueing requests: tokenizing, compiling constraints
-    engine_cpu_s: float = 0.0  # CPU time of this thread in ONNX Runtime (its own pool threads not counted)
-    step_cpu_s: float = 0.0  # CPU time of this thread in step() and add_many(): wall minus CPU is waiting
 
     @property
     def hit_ratio(self) -> float:

@@ -130,3 +130,29 @@ def test_unfinishable_output_is_an_error_not_garbage(batcher):
         ]
     )[0]
     assert res.finish_reason == "error" and "incomplete" in res.error
+
+
+def test_masks_in_the_calling_thread_match_the_thread_pool(batcher):
+    """A 1-thread worker fills masks itself; the pool's masks are the same, row for row, step by step."""
+    import numpy as np
+
+    from runtime.constrained import ConstraintCompiler
+
+    tok = batcher.tok
+    args = tok.to_json(), batcher.engine.info.vocab_size, tok.eos_token_ids
+    serial, pooled = ConstraintCompiler(*args, threads=1), ConstraintCompiler(*args, threads=2)
+    assert serial.executor is None and pooled.executor is not None
+    constraint = Constraint.json_schema(TypeAdapter(Action).json_schema())
+    matchers = [serial.matcher(constraint) for _ in range(6)]
+    rng = np.random.default_rng(0)
+    for _ in range(40):
+        live = [(m, row) for row, m in enumerate(matchers) if not m.is_stopped()]
+        if not live:
+            break
+        a, b = serial.allocate_bitmask(len(matchers)), pooled.allocate_bitmask(len(matchers))
+        serial.fill_masks(live, a)
+        pooled.fill_masks(live, b)
+        assert np.array_equal(a, b)
+        for m, row in live:  # advance each row by a random allowed token
+            allowed = np.flatnonzero(np.unpackbits(a[row].view(np.uint8), bitorder="little"))
+            assert m.consume_token(int(rng.choice(allowed[allowed < args[1]])))
