@@ -59,8 +59,8 @@ def test_the_shipped_act_models_read_prompts_without_the_rules(capsys):
 def test_the_shipped_teacher_and_its_dense_baseline_are_compared_like_for_like():
     """The cards behind the teacher-against-dense comparison (docs/models.md): the same training
     record, and held-out loss (``loss_all``) over the same target tokens of both splits. Which of
-    the two wins is a measurement, reported in docs/models.md, not asserted here: after this
-    release's equal fine-tuning the dense baseline has the lower loss."""
+    the two wins is a measurement, reported in docs/models.md, not asserted here: after the equal
+    fine-tunes so far the dense baseline has the lower loss."""
     cards = {n: json.loads((SHIPPED_DIR / n / "model_card.json").read_text()) for n in (TEACHER, DENSE)}
     teacher, dense = (cards[n]["built"]["fine_tune"] for n in (TEACHER, DENSE))
     same = ("steps", "lr", "batch_size", "balance", "rename", "reorder", "seed", "data", "dataset_spec")
