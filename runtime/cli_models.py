@@ -278,7 +278,7 @@ def cmd_models_build_talk(args: argparse.Namespace) -> int:
 
 
 def add_models_parser(sub: argparse._SubParsersAction) -> None:
-    models = sub.add_parser("models", help="list and import models")
+    models = sub.add_parser("models", help="build, fine-tune, import, quantize, evaluate and list models")
     msub = models.add_subparsers(dest="models", required=True)
     ml = msub.add_parser("list", help="installed models and where they are")
     ml.add_argument("--verify", action="store_true", help="also check every file's sha256")
