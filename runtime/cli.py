@@ -16,13 +16,19 @@ import sys
 from pathlib import Path
 
 from runtime.affinity import PIN_MODES
-from runtime.cli_common import auto_worker_cpus, auto_workers, console, has_display, resolve_model
+from runtime.cli_common import (
+    DEFAULT_ACT_MODEL,
+    DEFAULT_TEACHER,
+    auto_worker_cpus,
+    auto_workers,
+    console,
+    has_display,
+    resolve_model,
+)
 from runtime.cli_models import add_models_parser
 from runtime.wire import WIRES
 
-DEFAULT_MODEL = "village-act-int8"  # the act student's int8 copy (worlds/village/cast.py)
-"""The shipped act student: what ``murmurate run village`` thinks with."""
-DEFAULT_TEACHER = "village-act-teacher"
+DEFAULT_MODEL = DEFAULT_ACT_MODEL  # the shipped act student (worlds/village/cast.py)
 
 
 # ---- run ----------------------------------------------------------------------------------------
@@ -382,7 +388,7 @@ def build_parser() -> argparse.ArgumentParser:
     village.add_argument(
         "--model", default=DEFAULT_MODEL, help=f"the act model (name or directory; default {DEFAULT_MODEL})"
     )
-    village.add_argument("--teacher", default="village-act-teacher", help="teacher of the cascade baseline")
+    village.add_argument("--teacher", default=DEFAULT_TEACHER, help="teacher of the cascade baseline")
     village.add_argument("--no-teacher", action="store_true", help="skip the cascade baseline")
     village.add_argument(
         "--baseline-agents",

@@ -36,6 +36,14 @@ def resolve_model(spec: str) -> Path:
     return found
 
 
+DEFAULT_ACT_MODEL = "village-act"
+"""The shipped act student, fp32: what ``murmurate run village`` and the village benchmarks think with
+(and ``VillagePersona.DEFAULT_MODELS``). Not its int8 copy, ``village-act-int8``: that copy scales
+each activation tensor by the largest value in the whole batch, so a request's answer depends on the
+requests that share its batch, and a run then depends on the number of workers (docs/models.md)."""
+DEFAULT_TEACHER = "village-act-teacher"
+"""The act student's MoE teacher: ``--cascade`` without a name, the cascade baselines."""
+
 MAX_AUTO_WORKERS = 8
 
 

@@ -291,7 +291,7 @@ def test_mind_request_is_greedy_constrained_and_seeded():
     )
     assert worded.prompt(world.memory("Alda"), obs["Alda"], now=0)[2] == world.persona_text("Alda") + "\n\n"
     req = mind.request(prompt, now=0, sim_seed=7)
-    assert req.model == "village-act-int8" and req.tag == "Alda"  # the cast's default act model
+    assert req.model == "village-act" and req.tag == "Alda"  # the cast's default act model
     assert req.sampling.temperature == 0.0
     assert req.constraint.kind == "json_schema"
     assert json.loads(req.constraint.value) == action_schema(VillageAction)

@@ -17,6 +17,7 @@ from typing import Any
 from rich.console import Console
 
 from runtime.bench.common import machine_info, print_table, write_json
+from runtime.cli_common import DEFAULT_ACT_MODEL
 
 
 @dataclass(frozen=True)
@@ -37,7 +38,7 @@ class ScoreBenchConfig:
             choices are worth.
     """
 
-    model: str = "village-act-int8"
+    model: str = DEFAULT_ACT_MODEL
     teacher: str | None = None
     threshold: float = 0.9
     runs: int = 5

@@ -25,7 +25,7 @@ from rich.console import Console
 
 from runtime.artifacts import hf_weights_dir, model_tokenizer
 from runtime.bench.common import machine_info, print_table, write_json
-from runtime.cli_common import auto_workers
+from runtime.cli_common import DEFAULT_ACT_MODEL, DEFAULT_TEACHER, auto_workers
 
 
 @dataclass
@@ -33,8 +33,8 @@ class VillageBenchConfig:
     counts: tuple[int, ...] = (10, 100, 1000)
     ticks: int = 3
     warmup_ticks: int = 24  # played by the scripted expert before any model tick (0: a fresh village)
-    model: str = "village-act-int8"
-    teacher: str | None = "village-act-teacher"
+    model: str = DEFAULT_ACT_MODEL
+    teacher: str | None = DEFAULT_TEACHER
     baseline_agents: int = 100
     hf_sample: int = 48  # per-agent transformers calls timed, after one untimed (the rate extrapolates)
     workers: int = field(default_factory=auto_workers)  # one single-threaded worker per core, at most 8

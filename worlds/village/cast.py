@@ -14,9 +14,10 @@ class VillagePersona(Persona):
     """A persona whose role must be a village role; it uses the village models by default."""
 
     ROLES: ClassVar[frozenset[str] | None] = frozenset(ROLES)
-    # The act student's int8 copy: the same decisions as the fp32 student on held-out data and the same
-    # village score in closed loop (15 seeds), 10-15% more decisions a second (docs/models.md).
-    DEFAULT_MODELS: ClassVar[dict[str, str]] = {"act": "village-act-int8", "talk": "village-talk"}
+    # The act student in fp32 (runtime.cli_common.DEFAULT_ACT_MODEL): its answers do not depend on the
+    # requests that share a batch, so a seed gives the same run with any number of workers. Its int8
+    # copy is 10-15% faster and does not have that property (docs/models.md); bind it per persona.
+    DEFAULT_MODELS: ClassVar[dict[str, str]] = {"act": "village-act", "talk": "village-talk"}
 
 
 def _p(name: str, role: str, traits: dict[str, float], goals: list[str], backstory: str) -> VillagePersona:
