@@ -413,7 +413,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--repeat",
         type=int,
         default=1,
-        help="runs per agent count, each on its own seed; the table and JSON give medians (default 1)",
+        help="runs per agent count and per baseline, each on its own seed; the tables and JSON give medians (default 1)",
     )
     village.add_argument("--quick", action="store_true", help="10 and 50 agents, one tick (smoke test)")
     village.add_argument("--json", default=None)

@@ -153,6 +153,8 @@ def test_bench_village_quick_writes_json_and_plot(ray_session, tiny_models, tmp_
         str(tiny_models["qwen3"]),
         "--teacher",
         str(tiny_models["llama"]),
+        "--repeat",
+        "2",
     ]
     assert cli_main([*args, "--json", str(out), "--plot", str(tmp_path / "bv.png")]) == 0
     data = json.loads(out.read_text())
@@ -179,6 +181,11 @@ def test_bench_village_quick_writes_json_and_plot(ray_session, tiny_models, tmp_
         )
     assert set(data["baselines"]) == {"per_agent_hf", "runtime_no_cache", "runtime_cache", "cascade"}
     assert data["baselines"]["per_agent_hf"]["vs_per_agent_hf"] == 1.0
+    for name, b in data["baselines"].items():  # each baseline on both seeds, as the counts: a median
+        lo, hi = b["decisions_per_s_range"]
+        assert lo <= b["decisions_per_s"] <= hi, name
+        if name != "runtime_cache":  # the agent count's own run, whose repeats are in "runs"
+            assert len(b["runs"]) == 2 and [lo, hi] == [min(b["runs"]), max(b["runs"])], name
     assert data["machine"]["cpus"] >= 1 and "onnxruntime" in data["machine"]
     assert (tmp_path / "bv.png").stat().st_size > 10_000
 

@@ -44,7 +44,9 @@ class VillageBenchConfig:
     cache_mb: int = 768  # radix-cache budget per worker (10k agents: 1024 buys no hit ratio, 530 MiB more)
     seed: int = 0
     cascade_threshold: float = 0.9
-    repeat: int = 1  # runs per agent count, each on its own seed (seed, seed + 1, ...); medians reported
+    repeat: int = (
+        1  # runs per agent count and per baseline, each on its own seed (seed, seed + 1, ...); medians
+    )
 
 
 def _scheduler(models: list[tuple[str, Path]], cache: bool, cfg: VillageBenchConfig, cascades=None):
@@ -151,9 +153,20 @@ def _worker_seconds(scheduler) -> tuple[float, float]:
     return sum(s["engine_s"] for s in stats), sum(s["step_s"] + s["add_s"] for s in stats)
 
 
+def _rates(values: list[float]) -> dict:
+    """A baseline's decisions/s over its runs: the median, and with two runs or more their spread
+    (``decisions_per_s_range``) and each (``runs``), as the agent counts report theirs."""
+    out: dict = {"decisions_per_s": float(np.median(values))}
+    if len(values) > 1:
+        out["decisions_per_s_range"] = [min(values), max(values)]
+        out["runs"] = list(values)
+    return out
+
+
 def _per_agent_hf(model_dir: Path, n: int, cfg: VillageBenchConfig, new_tokens: int) -> dict:
     """Each agent's prompt alone through transformers ``generate``, ``new_tokens`` each (as many as
-    the runtime made per decision on average)."""
+    the runtime made per decision on average): ``cfg.repeat`` timings, each on the prompts of a
+    village from its own seed (``cfg.seed``, ``cfg.seed + 1``, ...), as the runtime's runs are."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -166,9 +179,6 @@ def _per_agent_hf(model_dir: Path, n: int, cfg: VillageBenchConfig, new_tokens: 
         raise FileNotFoundError(f"per_agent_hf needs the transformers weights of {art.name} in {hf_dir}")
     model = AutoModelForCausalLM.from_pretrained(hf_dir).eval()
     tok = model_tokenizer(art)
-    world = _world(n, cfg)
-    brain = ModelBrain(world, model=art.name)
-    reqs = brain.requests(world.observations())[: cfg.hf_sample]
 
     def decide(r) -> None:
         ids = torch.tensor([tok.encode_prompt(r.segments)])
@@ -181,14 +191,18 @@ def _per_agent_hf(model_dir: Path, n: int, cfg: VillageBenchConfig, new_tokens: 
             pad_token_id=0,
         )
 
-    with torch.inference_mode():
-        decide(reqs[0])  # untimed: the first call pays torch's one-time set-up
-        t0 = time.perf_counter()
-        for r in reqs:
-            decide(r)
-        wall = time.perf_counter() - t0
+    rates = []
+    for rep in range(max(1, cfg.repeat)):
+        world = _world(n, replace(cfg, seed=cfg.seed + rep))
+        reqs = ModelBrain(world, model=art.name).requests(world.observations())[: cfg.hf_sample]
+        with torch.inference_mode():
+            decide(reqs[0])  # untimed: the first call pays torch's one-time set-up
+            t0 = time.perf_counter()
+            for r in reqs:
+                decide(r)
+            rates.append(len(reqs) / (time.perf_counter() - t0))
     return {
-        "decisions_per_s": len(reqs) / wall,
+        **_rates(rates),
         "sampled_agents": len(reqs),
         "new_tokens_each": new_tokens,
         "weights": str(hf_dir),  # a quantized model's: the weights it was quantized from
@@ -276,11 +290,14 @@ def run_village_bench(
         if cached is None:
             with _scheduler([(student, student_dir)], cache=True, cfg=cfg) as sched:
                 cached = _run_count(n, student, student, sched, cfg)
-        baselines["runtime_cache"] = {"decisions_per_s": cached["decisions_per_s"]}
+        baselines["runtime_cache"] = {
+            k: cached[k] for k in ("decisions_per_s", "decisions_per_s_range") if k in cached
+        }
+        seeds = [replace(cfg, seed=cfg.seed + rep) for rep in range(cfg.repeat)]
         with _scheduler([(student, student_dir)], cache=False, cfg=cfg) as sched:
-            baselines["runtime_no_cache"] = {
-                "decisions_per_s": _run_count(n, student, student, sched, cfg)["decisions_per_s"]
-            }
+            baselines["runtime_no_cache"] = _rates(
+                [_run_count(n, student, student, sched, c)["decisions_per_s"] for c in seeds]
+            )
         if cfg.teacher:
             teacher_dir = resolve_model(cfg.teacher)
             teacher = load_model_dir(teacher_dir).name
@@ -288,10 +305,10 @@ def run_village_bench(
             with _scheduler(
                 [(student, student_dir), (teacher, teacher_dir)], cache=True, cfg=cfg, cascades=[cascade]
             ) as sched:
-                r = _run_count(n, student, "bench-cascade", sched, cfg)
+                rates = [_run_count(n, student, "bench-cascade", sched, c)["decisions_per_s"] for c in seeds]
                 share = sched.escalations / max(sched.cascade_requests, 1)
             baselines["cascade"] = {
-                "decisions_per_s": r["decisions_per_s"],
+                **_rates(rates),
                 "teacher_share": share,
                 "threshold": cfg.cascade_threshold,
             }
@@ -363,7 +380,18 @@ def plot_village(result: dict, path: str | Path) -> None:
     for name, v in result.get("baselines", {}).items():
         if name in markers and n:
             m, c, shift = markers[name]
-            ax.plot([n * shift], [v["decisions_per_s"]], m, color=c, markersize=8, label=name)
+            y = v["decisions_per_s"]
+            lo, hi = v.get("decisions_per_s_range", (y, y))
+            ax.errorbar(
+                [n * shift],
+                [y],
+                yerr=[[y - lo], [hi - y]],
+                fmt=m,
+                color=c,
+                markersize=8,
+                capsize=3,
+                label=name,
+            )
     ax2 = ax.twinx()
     ax2.plot(xs, [r["p99_ms"] for r in runs], "o--", color="#e67e22", label="p99 latency")
     ax2.set_ylabel("p99 decision latency (ms)")
