@@ -180,7 +180,7 @@ def test_the_default_act_model_answers_alike_whatever_shares_its_batch():
     """The same seed must give the same run with any number of workers, with or without the prefix
     cache: a request's answer, and the confidence the cascade reads, must not depend on the requests
     that share its batch. The fp32 student's differ by float rounding only (≈ 1e-6 in log-probability);
-    its int8 copy's by up to ≈ 0.2, because one activation scale covers the whole batch — which is why
+    its int8 copy's by 0.05–0.2, because one activation scale covers the whole batch — which is why
     it is not the default (docs/models.md)."""
     from agents.mind import ExpertBrain, ModelBrain
     from runtime.cli_common import DEFAULT_ACT_MODEL
