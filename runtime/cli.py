@@ -31,6 +31,17 @@ from runtime.wire import WIRES
 DEFAULT_MODEL = DEFAULT_ACT_MODEL  # the shipped act student (worlds/village/cast.py)
 
 
+def agent_counts(text: str) -> tuple[int, ...]:
+    """``--agents 10,100,1000`` as counts; anything else is a usage error that shows an example."""
+    try:
+        counts = tuple(int(x) for x in text.split(","))
+    except ValueError:
+        counts = ()
+    if not counts or min(counts) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive agent counts like 10,100,1000, got {text!r}")
+    return counts
+
+
 # ---- run ----------------------------------------------------------------------------------------
 def cmd_run(args: argparse.Namespace) -> int:
     from agents.mind import ExpertBrain, ModelBrain
@@ -208,9 +219,8 @@ def cmd_bench_serve(args: argparse.Namespace) -> int:
 def cmd_bench_village(args: argparse.Namespace) -> int:
     from runtime.bench.village import VillageBenchConfig, run_village_bench
 
-    counts = tuple(int(x) for x in args.agents.split(","))
     cfg = VillageBenchConfig(
-        counts=(10, 50) if args.quick else counts,
+        counts=(10, 50) if args.quick else args.agents,
         ticks=1 if args.quick else args.ticks,
         warmup_ticks=2 if args.quick else args.warmup_ticks,
         model=args.model,
@@ -374,7 +384,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.set_defaults(fn=cmd_bench_serve)
     village = bsub.add_parser("village", help="the village headless at growing agent counts, with baselines")
-    village.add_argument("--agents", default="10,100,1000", help="comma list of agent counts")
+    village.add_argument(
+        "--agents",
+        type=agent_counts,
+        default=(10, 100, 1000),
+        help="comma list of agent counts (default 10,100,1000)",
+    )
     village.add_argument(
         "--ticks", type=int, default=3, help="timed ticks per count (after one warm-up tick)"
     )

@@ -303,3 +303,14 @@ def test_cli_joins_an_existing_ray_cluster(tiny_models, tmp_path):
         assert summary["decisions"] == 12
     finally:
         subprocess.run([ray_bin, "stop", "--force"], env=env, capture_output=True, timeout=120)
+
+
+def test_bench_village_agent_counts_are_checked_before_anything_runs(capsys):
+    from runtime.cli import agent_counts
+
+    assert agent_counts("10,100,1000") == (10, 100, 1000)
+    for bad in ("abc", "10,0", "", "10,,100"):
+        with pytest.raises(SystemExit) as e:
+            cli_main(["bench", "village", "--agents", bad])
+        assert e.value.code == 2
+    assert "expected positive agent counts like 10,100,1000" in capsys.readouterr().err
