@@ -31,6 +31,19 @@ from runtime.wire import WIRES
 DEFAULT_MODEL = DEFAULT_ACT_MODEL  # the shipped act student (worlds/village/cast.py)
 
 
+def batch_dependence_note(art) -> str | None:
+    """What to tell someone running a model whose decisions depend on their batch-mates (an
+    ``int8-dynamic`` copy scales activations per batch), or ``None`` for a model whose do not."""
+    if art.manifest.get("quantized") != "int8-dynamic":
+        return None
+    fp32 = art.manifest.get("quantized_from") or "its fp32 model"
+    return (
+        f"{art.name} is int8-dynamic: it scales activations per batch, so a decision can change with "
+        "the requests that share its batch, and the same seed may give another run with another number "
+        f"of workers; {fp32} gives the same run every time"
+    )
+
+
 def agent_counts(text: str) -> tuple[int, ...]:
     """``--agents 10,100,1000`` as counts; anything else is a usage error that shows an example."""
     try:
@@ -118,8 +131,12 @@ def _model_scheduler(args: argparse.Namespace, talk: list[str] = ()):
                 "`murmurate models build`, or run the scripted expert with --brain expert"
             ) from None
         raise
-    names = [load_model_dir(d).name for d in dirs]
+    arts = [load_model_dir(d) for d in dirs]
+    names = [a.name for a in arts]
     talk_names = [load_model_dir(d).name for d in talk_dirs]
+    for a in arts:
+        if note := batch_dependence_note(a):
+            console.print(f"[yellow]note:[/yellow] {note}")
     served_models = dict(zip(names, dirs))
     for d, n in zip(talk_dirs, talk_names):
         served_models.setdefault(n, d)  # each model served once, whatever asks for it

@@ -176,6 +176,19 @@ def test_run_village_cascade_escalates_to_the_shipped_teacher(ray_session, tmp_p
     assert summary["model"] == f"{STUDENT}>{TEACHER}" and summary["decisions"] == 24
 
 
+def test_running_the_int8_copy_says_what_it_gives_up():
+    from runtime.cli import batch_dependence_note
+
+    note = batch_dependence_note(load_model_dir(SHIPPED_DIR / "village-act-int8"))
+    assert (
+        note
+        and "another number of workers" in note
+        and note.endswith(f"{STUDENT} gives the same run every time")
+    )
+    for name in (STUDENT, TEACHER):
+        assert batch_dependence_note(load_model_dir(SHIPPED_DIR / name)) is None
+
+
 def test_the_default_act_model_answers_alike_whatever_shares_its_batch():
     """The same seed must give the same run with any number of workers, with or without the prefix
     cache: a request's answer, and the confidence the cascade reads, must not depend on the requests
