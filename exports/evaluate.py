@@ -179,6 +179,72 @@ def loss_by_field(
 
 
 @torch.no_grad()
+def constrained_loss(
+    model: Any, tok: Any, examples: Sequence[ActExample], *, world: str = "village", batch_size: int = 32
+) -> dict[str, Any]:
+    """Held-out loss as the runtime decodes: each target token's probability renormalised over the
+    tokens the action schema and the observation's argument choices allow at that point (the token
+    masks the model brain decodes under), the target consumed token by token. A token the
+    constraints leave alone (one allowed) costs nothing; once the output is complete, the rest of
+    the target (the end-of-sequence token) is not scored, as the runtime stops there.
+
+    Returns ``{"all" | "names" | "rest": {"loss", "tokens"}, "rejected": n}``: ``tokens`` counts the
+    scored tokens; ``rejected`` counts examples whose target the constraints refuse (scored up to
+    that token).
+    """
+    import numpy as np
+
+    from exports.card import _with_choices, action_constraint
+    from runtime.choices import restrict
+    from runtime.constrained import ConstraintCompiler
+    from worlds import world_class
+
+    model.eval()
+    world_cls, base = world_class(world), action_constraint(world)
+    eos_id, pad_id = tok.token_to_id(EOS_TOKEN), tok.token_to_id(PAD_TOKEN)
+    compiler = ConstraintCompiler(tok.to_json(), model.config.vocab_size, (eos_id,), threads=1)
+    enc = encode_split(tok, examples, eos_id)
+    sums = {"names": [0.0, 0], "rest": [0.0, 0]}
+    rejected = 0
+    bitmask = compiler.allocate_bitmask(1)
+    for lo in range(0, len(examples), batch_size):
+        idx = list(range(lo, min(lo + batch_size, len(examples))))
+        logits, _ = target_logits(model, enc.prefix, make_batch(enc, idx, pad_id))
+        logits = logits.float().cpu().numpy()
+        at = 0
+        for i in idx:
+            target = enc.suffix[i][enc.n_prompt[i] :]
+            rows, at = logits[at : at + len(target)], at + len(target)
+            constraint = _with_choices(base, examples[i].prompt, world_cls)
+            matcher, tracker = compiler.matcher(constraint), compiler.choice_tracker(constraint)
+            out: list[int] = []
+            for t, row, is_name in zip(target, rows, name_tokens(tok, target), strict=True):
+                if matcher.is_stopped():
+                    break
+                compiler.fill_masks([(matcher, 0)], bitmask)
+                row = row.copy()
+                compiler.apply(row[None], bitmask)
+                if tracker is not None and (allowed := tracker.allowed(out)) is not None:
+                    restrict(row, allowed)
+                finite = np.isfinite(row)
+                if not finite[t]:
+                    rejected += 1
+                    break
+                if finite.sum() > 1:
+                    z = row[finite]
+                    m = z.max()
+                    nll = float(m + np.log(np.exp(z - m).sum()) - row[t])
+                    acc = sums["names" if is_name else "rest"]
+                    acc[0] += nll
+                    acc[1] += 1
+                matcher.consume_token(t)
+                out.append(t)
+    total = [sums["names"][0] + sums["rest"][0], sums["names"][1] + sums["rest"][1]]
+    res = {k: {"loss": a / max(n, 1), "tokens": n} for k, (a, n) in {"all": total, **sums}.items()}
+    return {**res, "rejected": rejected}
+
+
+@torch.no_grad()
 def heldout_losses(
     hf_dir: str | Path, data: Any, splits: Sequence[str] = HELDOUT, *, batch_size: int = 32
 ) -> dict[str, Any]:
@@ -208,8 +274,9 @@ def heldout_losses(
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m exports.evaluate --data act.jsonl [--split S] [--limit N] HF_DIR ...``: held-out
-    loss of each model, split into partner-name tokens and the rest."""
+    """``python -m exports.evaluate --data act.jsonl [--split S] [--limit N] [--constrained] HF_DIR ...``:
+    held-out loss of each model, split into partner-name tokens and the rest (``--constrained``:
+    also as the runtime decodes, :func:`constrained_loss`)."""
     import argparse
 
     from transformers import AutoModelForCausalLM
@@ -220,6 +287,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--split", default="heldout_persona", choices=["heldout_seed", "heldout_persona"])
     p.add_argument("--limit", type=int, default=600, help="a seeded sample of this many examples (0: all)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument(
+        "--constrained",
+        action="store_true",
+        help="also the loss as the runtime decodes: renormalised over what the schema and choices allow",
+    )
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -227,9 +299,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(f"{args.split}, {len(examples)} examples: loss per token (tokens)")
     for path in args.models:
         tok, _, _ = runtime_tokenizer(path)
-        r = loss_by_field(AutoModelForCausalLM.from_pretrained(path), tok, examples)
+        model = AutoModelForCausalLM.from_pretrained(path)
+        r = loss_by_field(model, tok, examples)
         parts = "  ".join(f"{k} {v['loss']:.4f} ({v['tokens']})" for k, v in r.items())
         print(f"{path}: {parts}")
+        if args.constrained:
+            c = constrained_loss(model, tok, examples)
+            parts = "  ".join(f"{k} {c[k]['loss']:.4f} ({c[k]['tokens']})" for k in ("all", "names", "rest"))
+            print(f"  constrained, over the tokens with a choice: {parts}; targets refused {c['rejected']}")
 
 
 if __name__ == "__main__":

@@ -23,7 +23,13 @@ from exports.dataset import (  # noqa: E402
     save_dataset,
 )
 from exports.distill import distill_loss  # noqa: E402
-from exports.evaluate import evaluate, greedy_decode, loss_by_field, name_tokens  # noqa: E402
+from exports.evaluate import (  # noqa: E402
+    constrained_loss,
+    evaluate,
+    greedy_decode,
+    loss_by_field,
+    name_tokens,
+)
 from exports.presets import PRESETS, ModelArgs  # noqa: E402
 from exports.tokenizer import runtime_tokenizer  # noqa: E402
 from exports.train import (  # noqa: E402
@@ -218,6 +224,14 @@ def test_heldout_loss_splits_into_partner_names_and_the_rest(data, tok_dir):
         and split["all"]["tokens"] == split["names"]["tokens"] + split["rest"]["tokens"]
     )
     assert split["all"]["loss"] == pytest.approx(evaluate(model, tok, named + plain)["loss"], rel=1e-5)
+    # As the runtime decodes: every target is one the constraints accept; tokens they force cost
+    # nothing, and renormalising over the allowed tokens only raises a target token's probability,
+    # so the total can only fall.
+    c = constrained_loss(model, tok, named + plain, batch_size=3)
+    assert c["rejected"] == 0 and 0 < c["all"]["tokens"] < split["all"]["tokens"]
+    assert c["all"]["tokens"] == c["names"]["tokens"] + c["rest"]["tokens"] and c["names"]["tokens"] > 0
+    total = lambda r: r["all"]["loss"] * r["all"]["tokens"]  # noqa: E731
+    assert 0 < total(c) < total(split)
 
 
 @pytest.mark.parametrize("preset", ["tiny", "tiny-moe"])
