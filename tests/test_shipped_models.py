@@ -227,3 +227,28 @@ def test_the_default_act_model_answers_alike_whatever_shares_its_batch():
                 r.min_logprob,
                 other[rid].min_logprob,
             )
+
+
+def test_the_default_brain_gives_the_same_village_with_one_worker_or_two(ray_session):
+    """The quality bar end to end: 1,000 agents (enough near-ties that the int8 copy's first tick
+    already differs between one worker and two), the default model, one tick and then another."""
+    from agents.mind import ModelBrain
+    from runtime.cli_common import DEFAULT_ACT_MODEL
+    from runtime.scheduler import ModelSpec, Scheduler
+    from runtime.simulation import Simulation
+    from runtime.worker import WorkerConfig
+    from worlds import make_world
+
+    def hashes(workers: int) -> list[str]:
+        world = make_world("village", agents=1000, seed=3)
+        world.reset(seed=3)
+        cfg = WorkerConfig(str(SHIPPED_DIR / DEFAULT_ACT_MODEL), name=DEFAULT_ACT_MODEL, threads=1)
+        with Scheduler([ModelSpec(cfg, replicas=workers, num_cpus=0.25)], pin="off") as scheduler:
+            sim = Simulation(world, ModelBrain(world), scheduler.generate, world_name="village")
+            out = []
+            for _ in range(2):
+                sim.step()
+                out.append(world.state_hash())
+        return out
+
+    assert hashes(1) == hashes(2)
