@@ -1,12 +1,15 @@
-"""What the command-line modules share: the console and model look-up."""
+"""What the command-line modules share: the console, model look-up, defaults and worker arguments."""
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 from pathlib import Path
 
 from rich.console import Console
+
+from runtime.affinity import PIN_MODES
 
 console = Console(width=130 if not sys.stdout.isatty() else None)
 
@@ -62,3 +65,20 @@ def auto_worker_cpus(workers: int, models: int) -> float:
     machine's cores (a reservation Ray cannot grant would leave the workers waiting forever)."""
     cores = os.cpu_count() or 1
     return max(0.05, min(1.0, cores / max(1, workers * models)))
+
+
+def add_worker_args(parser: argparse.ArgumentParser) -> None:
+    """``--workers``, ``--threads`` and ``--pin``, alike wherever model workers are started."""
+    parser.add_argument(
+        "--workers", type=int, default=0, help="model worker replicas (default: one per core, at most 8)"
+    )
+    parser.add_argument(
+        "--threads", type=int, default=1, help="ONNX Runtime threads per worker (default 1; 0: all cores)"
+    )
+    parser.add_argument(
+        "--pin",
+        choices=PIN_MODES,
+        default="auto",
+        help="bind each worker to cores of its own (auto: when Ray is local and the workers' threads "
+        "fit the cores; on: always; off: never)",
+    )

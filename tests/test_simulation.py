@@ -306,7 +306,7 @@ def test_cli_joins_an_existing_ray_cluster(tiny_models, tmp_path):
 
 
 def test_bench_village_agent_counts_are_checked_before_anything_runs(capsys):
-    from runtime.cli import agent_counts
+    from runtime.cli_bench import agent_counts
 
     assert agent_counts("10,100,1000") == (10, 100, 1000)
     for bad in ("abc", "10,0", "", "10,,100"):
