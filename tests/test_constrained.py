@@ -156,3 +156,58 @@ def test_masks_in_the_calling_thread_match_the_thread_pool(batcher):
         for m, row in live:  # advance each row by a random allowed token
             allowed = np.flatnonzero(np.unpackbits(a[row].view(np.uint8), bitorder="little"))
             assert m.consume_token(int(rng.choice(allowed[allowed < args[1]])))
+
+
+def test_the_grammar_memo_answers_as_llguidance_does(batcher):
+    """Matchers sharing a constraint's memo give, at every step of every path, the mask, forced
+    tokens and stop that a fresh ``LLMatcher`` fed the same tokens gives; paths met before are
+    answered from the memo, new ones by llguidance."""
+    import llguidance
+    import numpy as np
+
+    from runtime.constrained import ConstraintCompiler
+
+    tok = batcher.tok
+    vocab = batcher.engine.info.vocab_size
+    compiler = ConstraintCompiler(tok.to_json(), vocab, tok.eos_token_ids, threads=1)
+    constraint = Constraint.json_schema(TypeAdapter(Action).json_schema())
+    grammar = compiler._grammar(constraint)
+    memo = compiler._memos(constraint)
+    for walk in range(24):
+        m = compiler.matcher(constraint)
+        raw = llguidance.LLMatcher(compiler.lltokenizer, grammar, log_level=0)
+        # half the walks retrace the first walk's choices, so the memo is hit as well as missed
+        pick = np.random.default_rng(0 if walk % 2 else walk)
+        for _ in range(64):
+            assert m.is_stopped() == raw.is_stopped()
+            if raw.is_stopped():
+                break
+            assert m.compute_ff_tokens() == raw.compute_ff_tokens()
+            a, b = compiler.allocate_bitmask(1), compiler.allocate_bitmask(1)
+            compiler.fill_masks([(m, 0)], a)
+            llguidance.numpy.fill_next_token_bitmask(raw, b, 0)
+            assert np.array_equal(a, b)
+            allowed = np.flatnonzero(np.unpackbits(a[0].view(np.uint8), bitorder="little"))
+            t = int(pick.choice(allowed[allowed < vocab]))
+            assert m.consume_token(t) and raw.consume_token(t)
+    assert memo.hits > 0 and memo.misses > 0
+    # a token the grammar forbids is refused with llguidance's reason, as by a raw matcher
+    m = compiler.matcher(constraint)
+    a = compiler.allocate_bitmask(1)
+    compiler.fill_masks([(m, 0)], a)
+    bits = np.unpackbits(a[0].view(np.uint8), bitorder="little")[:vocab]
+    forbidden = int(np.flatnonzero(bits == 0)[0])
+    assert not m.consume_token(forbidden) and m.get_error()
+
+
+def test_a_full_grammar_memo_starts_over():
+    from runtime.constrained import GrammarMemo
+
+    class Stub:  # the memo only deep-copies its template when a path is new
+        pass
+
+    memo = GrammarMemo(Stub(), vocab_size=8, max_states=2)
+    first = memo.matcher()
+    memo.states = 3  # as after three new states
+    second = memo.matcher()
+    assert second.state is memo.root and first.state is not memo.root and memo.states == 1
