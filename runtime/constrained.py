@@ -139,7 +139,7 @@ class ConstraintCompiler:
                 self.executor, [(m.llmatcher(), row) for m, row in todo], bitmask
             )
         for m, row in todo:
-            m.state.mask = bitmask[row].copy()
+            m.state.mask = m.memo.intern(bitmask[row])
 
     @staticmethod
     def apply(logits: np.ndarray, bitmask: np.ndarray) -> None:
@@ -179,7 +179,7 @@ class GrammarMemo:
         template: a pristine ``LLMatcher`` of the grammar (deep-copied when a request needs its own).
         vocab_size: the logits' width.
         max_states: when the tree holds more states, it starts over (matchers already on the old
-            tree go on there; each state costs ~0.3 KB).
+            tree go on there; a state costs ~0.2 KB, its mask shared with every state allowing the same tokens).
     """
 
     def __init__(self, template: llguidance.LLMatcher, vocab_size: int, max_states: int = 200_000):
@@ -190,10 +190,18 @@ class GrammarMemo:
         self.states = 1
         self.hits = 0
         self.misses = 0
+        self._masks: dict[bytes, np.ndarray] = {}  # a grammar has few distinct masks: one copy each
+
+    def intern(self, mask_row: np.ndarray) -> np.ndarray:
+        key = mask_row.tobytes()
+        mask = self._masks.get(key)
+        if mask is None:
+            mask = self._masks[key] = mask_row.copy()
+        return mask
 
     def matcher(self) -> MemoMatcher:
         if self.states > self.max_states:
-            self.root, self.states = _State(None, -1), 1
+            self.root, self.states, self._masks = _State(None, -1), 1, {}
         return MemoMatcher(self)
 
 
