@@ -97,6 +97,19 @@ def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
     return n
 
 
+def _edge_match(key: tuple[int, ...], tokens: tuple[int, ...], i: int) -> int:
+    """How many of an edge's ``key`` tokens ``tokens`` continues with from position ``i`` (both
+    tuples, so the common case — the whole edge matches — is one comparison, with no copy of the
+    rest of the prompt)."""
+    k = len(key)
+    part = tokens[i : i + k]
+    return k if part == key else common_prefix_length(key, part)
+
+
+def _as_tuple(tokens: Sequence[int]) -> tuple[int, ...]:
+    return tokens if type(tokens) is tuple else tuple(tokens)
+
+
 @dataclass
 class MatchResult:
     """The longest cached prefix of a token sequence."""
@@ -153,11 +166,12 @@ class RadixCache:
         """Longest cached prefix of ``tokens``; splits an edge so the match ends on a node."""
         node, i, path = self.root, 0, []
         now = next(self._clock)
+        tokens = _as_tuple(tokens)
         while i < len(tokens):
             child = node.children.get(tokens[i])
             if child is None:
                 break
-            k = common_prefix_length(child.key, tokens[i:])
+            k = _edge_match(child.key, tokens, i)
             if k < len(child.key):
                 child = self._split(child, k)
             node = child
@@ -170,11 +184,12 @@ class RadixCache:
     def cached_length(self, tokens: Sequence[int]) -> int:
         """How many leading ``tokens`` are cached, without touching the tree (no split, no access)."""
         node, i = self.root, 0
+        tokens = _as_tuple(tokens)
         while i < len(tokens):
             child = node.children.get(tokens[i])
             if child is None:
                 break
-            k = common_prefix_length(child.key, tokens[i:])
+            k = _edge_match(child.key, tokens, i)
             i += k
             if k < len(child.key):
                 break
