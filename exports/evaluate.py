@@ -160,20 +160,25 @@ def loss_by_field(
 ) -> dict[str, Any]:
     """Held-out loss split into partner-name tokens and the rest.
 
-    Returns ``{"all" | "names" | "rest": {"loss": mean cross-entropy per token, "tokens": n}}``.
+    Returns ``{"all" | "names" | "rest" | "name_numbers": {"loss": mean cross-entropy per token,
+    "tokens": n}}``; ``name_numbers`` are the name tokens that are all digits (``300`` of
+    ``Yrsa-300``): a held-out villager's number is never in a training target, so no model has
+    learned to write it.
     """
     model.eval()
     eos_id, pad_id = tok.token_to_id(EOS_TOKEN), tok.token_to_id(PAD_TOKEN)
     enc = encode_split(tok, examples, eos_id)
-    sums = {"names": [0.0, 0], "rest": [0.0, 0]}
+    sums = {"names": [0.0, 0], "rest": [0.0, 0], "name_numbers": [0.0, 0]}
     for lo in range(0, len(examples), batch_size):
         idx = list(range(lo, min(lo + batch_size, len(examples))))
         nll = _target_nll(model, enc, idx, pad_id).tolist()
+        targets = [t for i in idx for t in enc.suffix[i][enc.n_prompt[i] :]]
         flags = [f for i in idx for f in name_tokens(tok, enc.suffix[i][enc.n_prompt[i] :])]
-        for v, is_name in zip(nll, flags, strict=True):
-            acc = sums["names" if is_name else "rest"]
-            acc[0] += v
-            acc[1] += 1
+        for v, t, is_name in zip(nll, targets, flags, strict=True):
+            keys = ["names", "name_numbers"] if is_name and tok.decode([t]).strip().isdigit() else []
+            for key in keys or ["names" if is_name else "rest"]:
+                sums[key][0] += v
+                sums[key][1] += 1
     total = [sums["names"][0] + sums["rest"][0], sums["names"][1] + sums["rest"][1]]
     return {k: {"loss": a / max(n, 1), "tokens": n} for k, (a, n) in {"all": total, **sums}.items()}
 

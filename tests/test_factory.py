@@ -5,6 +5,7 @@ forward against a plain forward, distillation's loss, and resume-from-checkpoint
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import replace
 
 import pytest
@@ -224,6 +225,10 @@ def test_heldout_loss_splits_into_partner_names_and_the_rest(data, tok_dir):
         and split["all"]["tokens"] == split["names"]["tokens"] + split["rest"]["tokens"]
     )
     assert split["all"]["loss"] == pytest.approx(evaluate(model, tok, named + plain)["loss"], rel=1e-5)
+    # the digits of numbered names (``Lenz-484``) are a part of the names, counted once in the total
+    numbered = sum(bool(re.search(r'"(?:to|offer_from)": "[^"]*-\d+"', ex.target)) for ex in named)
+    assert (split["name_numbers"]["tokens"] > 0) == (numbered > 0)
+    assert split["name_numbers"]["tokens"] < split["names"]["tokens"]
     # As the runtime decodes: every target is one the constraints accept; tokens they force cost
     # nothing, and renormalising over the allowed tokens only raises a target token's probability,
     # so the total can only fall.
