@@ -22,7 +22,7 @@ from runtime.affinity import plan_cores
 from runtime.cascade import Cascade
 from runtime.policy import split_for_replicas
 from runtime.types import Request, Result
-from runtime.wire import WIRES, pack, unpack
+from runtime.wire import WIRES, pack_requests, unpack
 from runtime.worker import ModelWorkerImpl, WorkerConfig
 
 log = logging.getLogger(__name__)
@@ -257,7 +257,7 @@ class Scheduler:
 
     def _send(self, call: _Call) -> None:
         if self.wire == "pickle":
-            ref = call.replica.generate_packed.remote(pack(call.requests))
+            ref = call.replica.generate_packed.remote(pack_requests(call.requests))
         else:
             ref = call.replica.generate.remote(call.requests)
         self.ray_calls += 1

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from runtime.affinity import available_cores, bind_process
 from runtime.types import Request, Result
-from runtime.wire import pack, unpack
+from runtime.wire import pack, unpack_requests
 
 log = logging.getLogger(__name__)
 
@@ -124,8 +124,9 @@ class ModelWorkerImpl:
 
     async def generate_packed(self, payload: bytes | list[Request]) -> bytes | list[Result]:
         """:meth:`generate` as the scheduler calls it: requests and results packed by
-        :func:`runtime.wire.pack` (one ``bytes`` each way, not Ray's per-object cloudpickle)."""
-        return pack(await self.generate(unpack(payload)))
+        :func:`runtime.wire.pack_requests` and :func:`runtime.wire.pack` (one ``bytes`` each way, not
+        Ray's per-object cloudpickle)."""
+        return pack(await self.generate(unpack_requests(payload)))
 
     def _loop(self) -> None:
         # pending: request id -> (batch index, position); batches collect results until complete

@@ -7,12 +7,13 @@ import time
 
 import pytest
 from _helpers import make_batcher
+from pydantic import ValidationError
 
 from runtime.affinity import available_cores
 from runtime.policy import split_for_replicas
 from runtime.scheduler import ModelSpec, Scheduler
 from runtime.types import Request, SamplingParams
-from runtime.wire import pack, unpack
+from runtime.wire import pack, pack_requests, unpack, unpack_requests
 from runtime.worker import WorkerConfig
 
 SHARED = "World rules: farmers farm, fishers fish, merchants trade at the market. "
@@ -76,6 +77,37 @@ def test_batches_cross_ray_as_one_pickled_bytes_and_odd_tags_still_travel(schedu
     results = scheduler.generate(odd, timeout=120)
     assert all(r.ok for r in results)
     assert [r.tag() for r in results] == [r.id for r in batch]  # the tags came back through Ray
+
+
+def test_requests_cross_as_their_fields_and_come_back_equal():
+    from runtime.types import Constraint
+
+    schema = Constraint.json_schema({"type": "object", "properties": {"to": {"type": "string"}}})
+    batch = [
+        *reqs(2),
+        Request(model="m", prompt="one string", tag={"agent": "Bram", "tick": 3}),
+        Request(model="m", prompt=["a", "b"], constraint=schema.with_string_choices({"to": ["Cora"]}), tag=7),
+    ]
+    payload = pack_requests(batch)
+    assert isinstance(payload, bytes)
+    back = unpack_requests(payload)
+    assert back == batch
+    assert [hash(back[i]) for i in (0, 1, 3)] == [hash(batch[i]) for i in (0, 1, 3)]  # frozen: hashable
+    for a, b in zip(back, batch, strict=True):
+        assert a.model_dump() == b.model_dump() and a.model_fields_set == b.model_fields_set
+        assert a.sampling.model_fields_set == b.sampling.model_fields_set
+    assert back[3].constraint.base == schema and back[3].constraint.string_choices == (("to", ("Cora",)),)
+    with pytest.raises(ValidationError):  # still frozen, as built
+        back[0].model = "other"
+    assert unpack_requests(pack(batch)) == batch  # a plain pickled list is read too
+
+    class Tagged(Request):
+        pass
+
+    sub = [Tagged(model="m", prompt="x")]
+    assert unpack_requests(pack_requests(sub)) == sub  # a subclass travels the generic way
+    odd = [batch[0].model_copy(update={"tag": lambda: 1})]
+    assert pack_requests(odd) is odd  # left to Ray's cloudpickle
 
 
 def test_batches_may_cross_ray_through_rays_own_serializer(ray_session, tiny_models, scheduler):
