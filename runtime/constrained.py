@@ -221,7 +221,7 @@ class MemoMatcher:
     def llmatcher(self) -> llguidance.LLMatcher:
         """This request's own ``LLMatcher``, caught up to the current state."""
         self.memo.misses += 1
-        if self._ll is None:
+        if self._ll is None or self._ll_state is None:  # none yet, or one left in error: start afresh
             self._ll, self._ll_state = self.memo.template.deep_copy(), self.memo.root
         if self._ll_state is not self.state:
             behind = self.state.path()[self._ll_state.depth :]

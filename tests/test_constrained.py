@@ -192,12 +192,15 @@ def test_the_grammar_memo_answers_as_llguidance_does(batcher):
             assert m.consume_token(t) and raw.consume_token(t)
     assert memo.hits > 0 and memo.misses > 0
     # a token the grammar forbids is refused with llguidance's reason, as by a raw matcher
+    raw_start = llguidance.LLMatcher(compiler.lltokenizer, grammar, log_level=0).compute_ff_tokens()
     m = compiler.matcher(constraint)
     a = compiler.allocate_bitmask(1)
     compiler.fill_masks([(m, 0)], a)
     bits = np.unpackbits(a[0].view(np.uint8), bitorder="little")[:vocab]
     forbidden = int(np.flatnonzero(bits == 0)[0])
     assert not m.consume_token(forbidden) and m.get_error()
+    assert not m.is_stopped() and m.compute_ff_tokens() == raw_start  # still answers where it stands
+    assert not m.llmatcher().is_error()  # a path off the memo gets a fresh matcher, not the errored one
 
 
 def test_a_full_grammar_memo_starts_over():
