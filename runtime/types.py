@@ -67,7 +67,7 @@ class Constraint(BaseModel):
     @property
     def base(self) -> Constraint:
         """This constraint without its string choices (what compiles to a grammar)."""
-        return Constraint(kind=self.kind, value=self.value) if self.string_choices else self
+        return _with_choices(self.kind, self.value, ()) if self.string_choices else self
 
     def with_string_choices(self, choices: dict[str, list[str] | tuple[str, ...]]) -> Constraint:
         """A copy whose string values of the given keys are limited to the given options (keys with no
