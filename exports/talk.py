@@ -37,6 +37,14 @@ class TalkDataSpec:
         new_tokens: most tokens per utterance.
         heldout: conversations kept for the held-out split.
         seed: the seed the casts are drawn from.
+        names: ``"numbered"``: every villager named with a number (``Fritz-1026``), the numbers of
+            held-out casts never in training; ``"mixed"``: every other training cast named plainly
+            from the generated villagers' first names (``Fritz``), as the default cast is, and the
+            first held-out cast named after the default cast (names never in training), the rest
+            numbered. The village names its first twelve villagers plainly and the rest with
+            numbers, so the student must copy both.
+        temperature: the teacher's sampling temperature (0: greedy, whose lines repeat themselves).
+        top_p: the teacher's nucleus sampling.
     """
 
     conversations: int = 64
@@ -45,6 +53,28 @@ class TalkDataSpec:
     new_tokens: int = 32
     heldout: int = 2
     seed: int = 0
+    names: str = "numbered"
+    temperature: float = 0.0
+    top_p: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.names not in ("numbered", "mixed"):
+            raise ValueError(f"names must be 'numbered' or 'mixed', not {self.names!r}")
+
+    def cast(self, c: int) -> list[Any]:
+        """Conversation ``c``'s villagers."""
+        from worlds.village.cast import _FIRST, default_cast, generate_personas
+
+        seed, start = self.seed * 10_000 + c, 1000 + c * self.agents
+        if self.names == "mixed":
+            first_heldout = self.conversations - self.heldout
+            if c == first_heldout:  # the default cast's names, never in a training cast
+                names = [p.name for p in default_cast()]
+                return generate_personas(min(self.agents, len(names)), seed, first_names=names)
+            if c < first_heldout and c % 2 == 0:
+                return generate_personas(min(self.agents, len(_FIRST)), seed, first_names=_FIRST)
+        # Disjoint persona numbers per conversation: held-out names never appear in training.
+        return generate_personas(self.agents, seed, start=start)
 
 
 def build_talk_dataset(
@@ -64,7 +94,6 @@ def build_talk_dataset(
     from runtime.bench.talk import _runtime_serve
     from runtime.engine import OrtEngine
     from runtime.kv_cache import RadixCache
-    from worlds.village.cast import generate_personas
 
     spec = spec or TalkDataSpec()
     if not 0 < spec.heldout < spec.conversations:
@@ -75,13 +104,12 @@ def build_talk_dataset(
     size = {"max_batch_size": max(64, spec.agents), "max_prefill_tokens": 1 << 16}
     batcher = Batcher(engine, tok, RadixCache(1 << 30), **size)
     w = TalkWorkload(agents=spec.agents, rounds=spec.rounds, new_tokens=spec.new_tokens, seed=spec.seed)
-    serve = _runtime_serve(batcher, art.name, spec.new_tokens)
+    serve = _runtime_serve(batcher, art.name, spec.new_tokens, spec.temperature, spec.top_p)
     data = ActDataset(DatasetSpec(world="village", seed=spec.seed), {"train": [], "heldout_persona": []})
     bar = tqdm(total=spec.conversations * spec.rounds, desc="teacher conversations", disable=not progress)
     for c in range(spec.conversations):
         split = "heldout_persona" if c >= spec.conversations - spec.heldout else "train"
-        # Disjoint persona numbers per conversation: held-out names never appear in training.
-        cast = generate_personas(spec.agents, seed=spec.seed * 10_000 + c, start=1000 + c * spec.agents)
+        cast = spec.cast(c)
         rounds: list[list[tuple[str, ...]]] = []
 
         def recording(prompts: list[tuple[str, ...]], rounds=rounds) -> list[Any]:
@@ -257,7 +285,13 @@ def build_talk_model(
             "steps": steps,
             "batch_size": cfg.batch_size,
             "distilled_from": teacher,
-            "method": "sequence-level distillation (the teacher's greedy utterances as targets)",
+            "method": "sequence-level distillation (the teacher's utterances as targets, "
+            + (
+                "greedy"
+                if spec.temperature == 0
+                else f"sampled at temperature {spec.temperature}, top-p {spec.top_p}"
+            )
+            + ")",
             "data": {s: len(v) for s, v in data.splits.items() if v},
             "talk_spec": asdict(spec),
             "data_wall_s": data_s,

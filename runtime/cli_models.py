@@ -263,7 +263,13 @@ def cmd_models_build_talk(args: argparse.Namespace) -> int:
 
     out = Path(args.out).expanduser() if args.out else search_path()[-1]
     spec = TalkDataSpec(
-        conversations=args.conversations, agents=args.agents, rounds=args.rounds, new_tokens=args.new_tokens
+        conversations=args.conversations,
+        agents=args.agents,
+        rounds=args.rounds,
+        new_tokens=args.new_tokens,
+        names=args.names,
+        temperature=args.temperature,
+        top_p=args.top_p,
     )
     r = build_talk_model(
         out, teacher=args.teacher, spec=spec, steps=args.steps, seed=args.seed, threads=args.threads
@@ -369,6 +375,17 @@ def add_models_parser(sub: argparse._SubParsersAction) -> None:
     mt.add_argument("--agents", type=int, default=32, help="agents per cast")
     mt.add_argument("--rounds", type=int, default=3, help="utterances per agent")
     mt.add_argument("--new-tokens", type=int, default=32, help="most tokens per utterance")
+    mt.add_argument(
+        "--names",
+        choices=["mixed", "numbered"],
+        default="numbered",
+        help="mixed: every other training cast named plainly (Fritz) and the rest with numbers "
+        "(Fritz-1026), as a village names its villagers; numbered: all with numbers",
+    )
+    mt.add_argument(
+        "--temperature", type=float, default=0.0, help="the teacher's sampling temperature (0: greedy)"
+    )
+    mt.add_argument("--top-p", type=float, default=1.0, help="the teacher's nucleus sampling")
     mt.add_argument(
         "--steps", type=int, default=1500, help="training steps (about 4 epochs of the default data)"
     )

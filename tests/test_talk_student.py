@@ -27,6 +27,35 @@ def test_teacher_conversations_become_examples_with_held_out_personas(tiny_model
     assert r2 and all("says to you" in ex.prompt[-1] for ex in r2)
 
 
+def test_casts_mix_plain_and_numbered_names_and_hold_out_the_default_casts():
+    import re
+
+    from worlds.village.cast import default_cast
+
+    spec = TalkDataSpec(conversations=8, agents=6, heldout=2, names="mixed")
+    casts = [[p.name for p in spec.cast(c)] for c in range(spec.conversations)]
+    train, (held_plain, held_numbered) = casts[:6], casts[6:]
+    assert all(not re.search(r"\d", n) for n in casts[0] + casts[2]) and all("-" in n for n in casts[1])
+    assert set(held_plain) <= {p.name for p in default_cast()}  # the names a village starts with
+    seen = {n for cast in train for n in cast}
+    assert not seen & set(held_plain) and not seen & set(held_numbered)
+    numbered = TalkDataSpec(names="numbered", agents=3)
+    assert [int(p.name.split("-")[1]) for c in (0, 1) for p in numbered.cast(c)] == list(range(1000, 1006))
+    with pytest.raises(ValueError, match="names must be"):
+        TalkDataSpec(names="plain")
+
+
+def test_sampled_teacher_lines_are_reproducible(tiny_models):
+    from dataclasses import replace
+
+    greedy = build_talk_dataset(tiny_models["llama"], SPEC, progress=False)
+    spec = replace(SPEC, temperature=0.7, top_p=0.9)
+    sampled = build_talk_dataset(tiny_models["llama"], spec, progress=False)
+    again = build_talk_dataset(tiny_models["llama"], spec, progress=False)
+    assert [ex.target for ex in sampled["train"]] == [ex.target for ex in again["train"]]
+    assert [ex.target for ex in sampled["train"]] != [ex.target for ex in greedy["train"]]
+
+
 def test_utterance_stats_flag_repetition():
     from exports.talk import utterance_stats
 

@@ -111,6 +111,12 @@ def test_default_cast_and_generator():
     gen = generate_personas(300, seed=4)
     assert gen == generate_personas(300, seed=4) != generate_personas(300, seed=5)
     assert len({p.name for p in gen}) == 300
+    plain = generate_personas(12, seed=4, first_names=[p.name for p in cast])
+    assert sorted(p.name for p in plain) == sorted(p.name for p in cast)  # drawn without a number
+    assert plain == generate_personas(12, seed=4, first_names=[p.name for p in cast])
+    assert "Alda grew up" in next(p.backstory for p in plain if p.name == "Alda")
+    with pytest.raises(ValueError, match="distinct first names"):
+        generate_personas(13, seed=4, first_names=[p.name for p in cast])
     big = village_cast(1000, seed=1)
     assert len({p.name for p in big}) == 1000 and big[:12] == cast
     assert village_cast(5) == cast[:5]

@@ -153,15 +153,22 @@ def _hf_serve(model, tok, new_tokens: int, batched: bool) -> ServeRound:
     return serve
 
 
-def _runtime_serve(batcher, name: str, new_tokens: int) -> ServeRound:
-    """A round server on the runtime: all agents of a round in one continuous-batching run."""
+def _runtime_serve(
+    batcher, name: str, new_tokens: int, temperature: float = 0.0, top_p: float = 1.0
+) -> ServeRound:
+    """A round server on the runtime: all agents of a round in one continuous-batching run
+    (greedy by default; sampled with ``temperature`` > 0, each request seeded by its number)."""
     from runtime.types import Request, SamplingParams
 
-    sampling = SamplingParams(max_tokens=new_tokens)  # greedy; stops at the model's eos ids
     counter = iter(range(1 << 62))
 
     def serve(prompts: list[tuple[str, ...]]) -> list[Utterance]:
-        reqs = [Request(model=name, prompt=p, sampling=sampling, id=f"talk-{next(counter)}") for p in prompts]
+        reqs = []
+        for p in prompts:
+            k = next(counter)
+            # stops at the model's eos ids
+            sampling = SamplingParams(max_tokens=new_tokens, temperature=temperature, top_p=top_p, seed=k)
+            reqs.append(Request(model=name, prompt=p, sampling=sampling, id=f"talk-{k}"))
         out = []
         for r in batcher.run(reqs):
             if not r.ok:

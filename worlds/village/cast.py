@@ -180,25 +180,35 @@ def _numbered_name(rng: np.random.Generator, k: int) -> str:
     return f"{_FIRST[int(rng.integers(len(_FIRST)))]}-{k}"
 
 
-def generate_personas(n: int, seed: int = 0, *, start: int = 1) -> list[VillagePersona]:
+def generate_personas(
+    n: int, seed: int = 0, *, start: int = 1, first_names: list[str] | None = None
+) -> list[VillagePersona]:
     """``n`` villagers with seeded random roles, traits, goals and backstories.
 
     Names carry a number (``Ansel-1``, ``Berta-2``...), so they never clash with each other or
-    with the default cast.
+    with the default cast. With ``first_names``, each villager is named by one of them instead,
+    drawn without replacement and without a number (as the default cast is named).
 
     Args:
         n: how many.
         seed: the generator's seed: the same seed gives the same personas.
         start: the first number used in names.
+        first_names: plain names to draw from (at least ``n`` distinct ones).
     """
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
     rng = np.random.default_rng(seed)
+    plain = None
+    if first_names is not None:
+        pool = list(dict.fromkeys(first_names))
+        if len(pool) < n:
+            raise ValueError(f"{n} villagers need {n} distinct first names, got {len(pool)}")
+        plain = [pool[int(i)] for i in rng.permutation(len(pool))[:n]]
     roles = list(_ROLE_WEIGHTS)
     weights = np.array(list(_ROLE_WEIGHTS.values()))
     out = []
     for k in range(start, start + n):
-        name = _numbered_name(rng, k)
+        name = plain[k - start] if plain is not None else _numbered_name(rng, k)
         role = roles[int(rng.choice(len(roles), p=weights))]
         traits = {
             t: round(float(v), 2) for t, v in zip(KNOWN_TRAITS, rng.random(len(KNOWN_TRAITS)), strict=True)
