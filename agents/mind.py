@@ -274,6 +274,9 @@ class ModelBrain(Brain):
             that fails keeps the ``act`` model's own words.
         talk_model: serve every line with this model instead of each persona's ``talk`` model.
         speech_tokens: generation limit per line.
+        speech_temperature: sampling temperature of the lines (0: greedy); each line's draw is
+            seeded by the simulation seed, the speaker and the tick, so a run still repeats.
+        speech_top_p: nucleus sampling of the lines.
     """
 
     def __init__(
@@ -286,6 +289,8 @@ class ModelBrain(Brain):
         speech: bool = False,
         talk_model: str | None = None,
         speech_tokens: int = 32,
+        speech_temperature: float = 0.0,
+        speech_top_p: float = 1.0,
     ):
         super().__init__(world)
         if speech and not callable(getattr(world, "speech_target", None)):
@@ -296,6 +301,8 @@ class ModelBrain(Brain):
         self.speech = speech
         self.talk_model = talk_model
         self.speech_tokens = speech_tokens
+        self.speech_temperature = speech_temperature
+        self.speech_top_p = speech_top_p
         self.constraint = Constraint.json_schema(action_schema(world.action_type))
         self._minds: dict[str, Mind] = {}
 
@@ -363,7 +370,15 @@ class ModelBrain(Brain):
             partner_persona = self.world.persona(partner)
             out.append(
                 speech_request(
-                    speaker, partner_persona, heard, model=model, max_tokens=self.speech_tokens, tag=agent
+                    speaker,
+                    partner_persona,
+                    heard,
+                    model=model,
+                    max_tokens=self.speech_tokens,
+                    tag=agent,
+                    temperature=self.speech_temperature,
+                    top_p=self.speech_top_p,
+                    seed=derive_seed(self.world.seed, f"{agent}/speech", self._tick),
                 )
             )
         return out

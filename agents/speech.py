@@ -72,17 +72,28 @@ def speech_request(
     max_tokens: int = 32,
     tag: str | None = None,
     no_repeat_ngram_size: int = 3,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    seed: int = 0,
 ) -> Request:
     """A request for ``speaker``'s line to ``partner``, who last said ``heard`` (None: an opening).
 
-    Greedy, at most ``max_tokens`` tokens, stopping at the model's end-of-turn token; no 3-gram is
-    repeated (``no_repeat_ngram_size``; small talk models decoded greedily repeat themselves, see
+    Greedy by default (sampled with ``temperature`` > 0, drawn from ``seed``), at most
+    ``max_tokens`` tokens, stopping at the model's end-of-turn token; no 3-gram is repeated
+    (``no_repeat_ngram_size``; small talk models decoded greedily repeat themselves, see
     ``docs/models.md``).
     """
     heard = None if heard is None else clean_utterance(heard)
+    sampling = SamplingParams(
+        max_tokens=max_tokens,
+        no_repeat_ngram_size=no_repeat_ngram_size,
+        temperature=temperature,
+        top_p=top_p,
+        seed=seed,
+    )
     return Request(
         model=model,
         prompt=(SYSTEM_TEXT, persona_segment(speaker), conversation_segment(partner, heard)),
-        sampling=SamplingParams(max_tokens=max_tokens, no_repeat_ngram_size=no_repeat_ngram_size),
+        sampling=sampling,
         tag=tag,
     )

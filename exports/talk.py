@@ -53,9 +53,9 @@ class TalkDataSpec:
     new_tokens: int = 32
     heldout: int = 2
     seed: int = 0
-    names: str = "numbered"
-    temperature: float = 0.0
-    top_p: float = 1.0
+    names: str = "mixed"
+    temperature: float = 0.7
+    top_p: float = 0.9
 
     def __post_init__(self) -> None:
         if self.names not in ("numbered", "mixed"):

@@ -1,7 +1,7 @@
 """The ``murmurate`` command line.
 
 murmurate run village [--agents N] [--ticks T] [--seed S] [--brain model|expert] [--model NAME|DIR]
-                      [--cascade [TEACHER]] [--threshold P] [--speech [--talk-model NAME|DIR]]
+                      [--cascade [TEACHER]] [--threshold P] [--speech [--talk-model NAME|DIR] [--speech-temperature T]]
                       [--headless] [--record PATH] [--workers K] [--out DIR]
 murmurate models list | import PATH|smollm2-135m | build [--scale tiny|full] | eval NAME
 murmurate bench serve | village | score | talk  [--quick] [--json PATH] ...
@@ -72,6 +72,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             model=served,
             speech=args.speech,
             talk_model=talk_names[0] if args.talk_model else None,
+            speech_temperature=args.speech_temperature,
+            speech_top_p=args.speech_top_p,
         )
     else:
         brain = ExpertBrain(world)
@@ -269,6 +271,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="agents who decide to talk say a line their persona's talk model writes (village-talk)",
     )
     run.add_argument("--talk-model", default=None, help="with --speech: this talk model for everyone")
+    run.add_argument(
+        "--speech-temperature",
+        type=float,
+        default=0.0,
+        help="with --speech: sample the lines at this temperature, seeded per speaker and tick (0: greedy)",
+    )
+    run.add_argument("--speech-top-p", type=float, default=1.0, help="with --speech: nucleus sampling")
     run.add_argument("--ray-address", default=None, help="join this Ray cluster instead of starting one")
     run.set_defaults(fn=cmd_run)
 

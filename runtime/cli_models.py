@@ -378,14 +378,14 @@ def add_models_parser(sub: argparse._SubParsersAction) -> None:
     mt.add_argument(
         "--names",
         choices=["mixed", "numbered"],
-        default="numbered",
+        default="mixed",
         help="mixed: every other training cast named plainly (Fritz) and the rest with numbers "
         "(Fritz-1026), as a village names its villagers; numbered: all with numbers",
     )
     mt.add_argument(
-        "--temperature", type=float, default=0.0, help="the teacher's sampling temperature (0: greedy)"
+        "--temperature", type=float, default=0.7, help="the teacher's sampling temperature (0: greedy)"
     )
-    mt.add_argument("--top-p", type=float, default=1.0, help="the teacher's nucleus sampling")
+    mt.add_argument("--top-p", type=float, default=0.9, help="the teacher's nucleus sampling")
     mt.add_argument(
         "--steps", type=int, default=1500, help="training steps (about 4 epochs of the default data)"
     )

@@ -23,6 +23,16 @@ def _village(agents: int = 4):
     return world
 
 
+def _one_speaker(tiny_models):
+    """A village whose first agent talks to the second, and a tiny talk model's batcher."""
+    world = _village()
+    talk, talk_name = runtime_batcher(tiny_models["llama"])
+    speaker, partner = world.agents[:2]
+    actions = {a: world.fallback_action() for a in world.agents}
+    actions[speaker] = Talk(to=partner, text="fine weather")
+    return world, talk, talk_name, speaker, partner, actions
+
+
 def test_talk_prompt_is_the_one_the_talk_student_learned():
     world = _village()
     alda, bram = (world.persona(a) for a in world.agents[:2])
@@ -33,12 +43,22 @@ def test_talk_prompt_is_the_one_the_talk_student_learned():
     assert req.tag == "Alda" and req.sampling.no_repeat_ngram_size == 3 and req.sampling.temperature == 0
 
 
+def test_sampled_lines_are_seeded_by_run_speaker_and_tick(tiny_models):
+    world, talk, talk_name, speaker, partner, actions = _one_speaker(tiny_models)
+    brain = ModelBrain(world, speech=True, talk_model=talk_name, speech_temperature=1.0, speech_top_p=0.95)
+    (req,) = brain.followups(actions)
+    (again,) = ModelBrain(world, speech=True, talk_model=talk_name, speech_temperature=1.0).followups(actions)
+    assert req.sampling.temperature == 1.0 and req.sampling.top_p == 0.95
+    assert req.sampling.seed == again.sampling.seed  # the same run, speaker and tick: the same draw
+    assert talk.run([req])[0].text == talk.run([again.model_copy(update={"sampling": req.sampling})])[0].text
+    world.step(actions)
+    brain._tick = world.tick
+    (later,) = brain.followups(actions)
+    assert later.sampling.seed != req.sampling.seed
+
+
 def test_speech_is_a_second_request_written_by_the_talk_model(tiny_models):
-    world = _village()
-    talk, talk_name = runtime_batcher(tiny_models["llama"])
-    speaker, partner = world.agents[:2]
-    actions = {a: world.fallback_action() for a in world.agents}
-    actions[speaker] = Talk(to=partner, text="fine weather")
+    world, talk, talk_name, speaker, partner, actions = _one_speaker(tiny_models)
     assert ModelBrain(world).followups(actions) == []  # speech is off by default
     brain = ModelBrain(world, speech=True, talk_model=talk_name)
     requests = brain.followups(actions)

@@ -12,7 +12,7 @@ pytest.importorskip("optimum.exporters.onnx")
 from exports.talk import TALK_MODEL, TalkDataSpec, build_talk_dataset, build_talk_model  # noqa: E402
 from runtime.artifacts import load_model_dir  # noqa: E402
 
-SPEC = TalkDataSpec(conversations=3, agents=4, rounds=2, new_tokens=6, heldout=1)
+SPEC = TalkDataSpec(conversations=3, agents=4, rounds=2, new_tokens=6, heldout=1, temperature=0.0, top_p=1.0)
 
 
 def test_teacher_conversations_become_examples_with_held_out_personas(tiny_models):
