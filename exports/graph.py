@@ -327,10 +327,9 @@ def rewrite_model_dir(
 def ort_session(path: Path, threads: int):
     import onnxruntime as ort
 
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    from runtime.engine import session_options
+
+    return ort.InferenceSession(str(path), session_options(threads), providers=["CPUExecutionProvider"])
 
 
 def model_feeds(session, batch: int, new: int, past: int, vocab: int, seed: int = 0) -> dict[str, np.ndarray]:

@@ -60,6 +60,32 @@ def choose_providers(
     return list(requested)
 
 
+def session_options(threads: int, inter_op_threads: int = 1) -> ort.SessionOptions:
+    """ONNX Runtime session options for serving: ``threads`` intra-op threads (0: all cores),
+    sequential execution, every graph optimization, denormals flushed to zero.
+
+    Flushing denormals (FTZ/DAZ) matters for attention: a masked or padded score underflows in the
+    softmax's exp, and on x86 each denormal result takes a microcode slow path. ONNX Runtime sets the
+    flags on its pool threads and, for the first session a process creates, on the creating thread,
+    whose later threads (a worker's batcher loop) inherit them. In the village the masked softmaxes
+    ran 6–11× faster with them and had been 30% of the engine's time; the outputs did not change.
+    """
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = inter_op_threads
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.log_severity_level = 3
+    opts.add_session_config_entry("session.set_denormal_as_zero", "1")
+    return opts
+
+
+def flushes_denormals() -> bool:
+    """Whether this thread flushes denormal floats to zero (see :func:`session_options`)."""
+    tiny = np.array([1e-40], np.float32)  # a denormal float32
+    return bool((tiny * np.float32(1.0))[0] == 0.0)
+
+
 def set_numpy_hugepages(enabled: bool) -> bool:
     """Whether numpy asks the kernel for transparent huge pages for its large arrays (it does by
     default on Linux for arrays of 4 MB and more); returns the previous setting.
@@ -196,13 +222,8 @@ class OrtEngine:
         self.artifacts = artifacts
         self.info = artifacts.info
         self.providers = choose_providers(providers)
-        opts = ort.SessionOptions()
         threads = intra_op_threads or int(os.environ.get("MURMURATE_THREADS", "0") or 0)
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = inter_op_threads
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.log_severity_level = 3
+        opts = session_options(threads, inter_op_threads)
         try:
             self.session = ort.InferenceSession(
                 str(artifacts.onnx_path), sess_options=opts, providers=self.providers
@@ -210,6 +231,12 @@ class OrtEngine:
         except Exception as e:  # ORT raises several private exception types
             raise ModelError(f"{artifacts.onnx_path}: ONNX Runtime could not load the graph ({e})") from None
         self.providers = self.session.get_providers()
+        if self.providers[0] == CPU and not flushes_denormals():
+            log.warning(
+                "engine %s: this thread does not flush denormals to zero (another ONNX Runtime session "
+                "was created first in this process), so masked attention runs slower",
+                artifacts.name,
+            )
         self.threads = threads
         log.info(
             "engine %s: providers=%s intra_op_threads=%s", artifacts.name, self.providers, threads or "all"

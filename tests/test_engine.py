@@ -285,3 +285,27 @@ def test_prefetched_segments_encode_like_one_by_one(tiny_models):
     many = Tokenizer(path, cache_size=3)  # fewer slots than new segments: the rest encode on use
     many.prefetch(prompts)
     assert [many.encode_prompt(p) for p in prompts] == [one.encode_prompt(p) for p in prompts]
+
+
+def test_engine_threads_flush_denormals(tiny_models):
+    """The first engine of a process turns on flush-to-zero for its thread and the threads it starts
+    later (a worker's batcher loop): masked attention scores otherwise hit x86's denormal slow path."""
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent(
+        f"""
+        import threading
+        from runtime.artifacts import load_model_dir
+        from runtime.engine import OrtEngine, flushes_denormals
+        assert not flushes_denormals()
+        OrtEngine(load_model_dir({str(tiny_models["qwen3"])!r}), intra_op_threads=1)
+        seen = []
+        t = threading.Thread(target=lambda: seen.append(flushes_denormals()))
+        t.start(); t.join()
+        print(flushes_denormals(), seen[0])
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["True", "True"]
