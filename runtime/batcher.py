@@ -301,7 +301,7 @@ class Batcher:
             alive = self._sample_rows(group, logits)
             self.pass_cost.observe(*shape, time.perf_counter() - t0)
             if alive:
-                self.cohorts.append(([group[i] for i in alive], kv.select(alive)))
+                self.cohorts.append(([group[i] for i in alive], kv.select(alive, self._spare(kv))))
         self._merge_small_cohorts()
 
     def _prefill_groups(self, admitted: list[Sequence]) -> list[list[Sequence]]:
@@ -328,7 +328,8 @@ class Batcher:
             return
         live = [[b for b, s in enumerate(seqs) if s.finish is None] for seqs, _ in self.cohorts[:n]]
         merge = [([seqs[b] for b in rows], kv.select(rows)) for (seqs, kv), rows in zip(self.cohorts, live)]
-        merged = ([s for seqs, _ in merge for s in seqs], BatchKV.concat([kv for _, kv in merge]))
+        spare = self._spare(max(kv.width for _, kv in merge))
+        merged = ([s for seqs, _ in merge for s in seqs], BatchKV.concat([kv for _, kv in merge], spare))
         self.cohorts = [*self.cohorts[n:], merged]
 
     def _forward_prefill(self, seqs: list[Sequence], sample: bool) -> tuple[np.ndarray, BatchKV]:
@@ -353,18 +354,24 @@ class Batcher:
     def _decode(self) -> None:
         cohorts = []
         for seqs, kv in self.cohorts:
-            logits, kv = self._forward(seqs, kv)
+            logits, kv = self._forward(seqs, kv, append=True)
             self.stats.decode_passes += 1
             alive = self._sample_rows(seqs, logits)
             if not alive:
                 continue
             if len(seqs) - len(alive) >= self.compact_dead_share * len(seqs):
-                seqs, kv = [seqs[i] for i in alive], kv.select(alive)
+                seqs, kv = [seqs[i] for i in alive], kv.select(alive, self._spare(kv))
             cohorts.append((seqs, kv))
         self.cohorts = cohorts
 
-    def _forward(self, seqs: list[Sequence], past: BatchKV) -> tuple[np.ndarray, BatchKV]:
-        """Feed each row its pending tokens (right-aligned) in one pass."""
+    def _spare(self, kv: BatchKV | int) -> int:
+        return self.engine.spare_columns(kv if isinstance(kv, int) else kv.width)
+
+    def _forward(
+        self, seqs: list[Sequence], past: BatchKV, append: bool = False
+    ) -> tuple[np.ndarray, BatchKV]:
+        """Feed each row its pending tokens (right-aligned) in one pass; ``append``: a decode pass,
+        whose new KV is written into the batch's spare columns (:meth:`OrtEngine.forward_append`)."""
         T = max(len(s.pending) for s in seqs if s.finish is None)
         B = len(seqs)
         ids = np.zeros((B, T), np.int64)
@@ -380,7 +387,8 @@ class Batcher:
             s.pos += n
             s.pending = []
         t0 = time.perf_counter()  # wall clocks only: reading thread CPU time is a system call
-        logits, kv = self.engine.forward(ids, pos, mask, past)
+        forward = self.engine.forward_append if append else self.engine.forward
+        logits, kv = forward(ids, pos, mask, past)
         self.stats.engine_s += time.perf_counter() - t0
         return logits, kv
 

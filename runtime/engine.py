@@ -104,7 +104,11 @@ def set_numpy_hugepages(enabled: bool) -> bool:
 
 @dataclass
 class BatchKV:
-    """KV tensors of a ragged batch: ``2L`` arrays ``(B, H, W, D)`` and a validity mask ``(B, W)``."""
+    """KV tensors of a ragged batch: ``2L`` arrays ``(B, H, C, D)`` and a validity mask ``(B, W)``.
+
+    The batch holds ``W`` columns; arrays may have spare columns after them (``C >= W``, zeros), which
+    :meth:`append` fills without copying the columns before.
+    """
 
     kv: list[np.ndarray]
     mask: np.ndarray
@@ -118,8 +122,34 @@ class BatchKV:
         return self.mask.shape[1]
 
     @property
+    def capacity(self) -> int:
+        """Columns the arrays hold, spare ones included."""
+        return self.kv[0].shape[2] if self.kv else self.width
+
+    @property
     def nbytes(self) -> int:
         return sum(a.nbytes for a in self.kv)
+
+    def append(self, new: list[np.ndarray], input_mask: np.ndarray) -> BatchKV:
+        """The batch with ``T`` new columns: ``new`` is the ``2L`` arrays ``(B, H, T, D)`` of the new
+        tokens' KV, ``input_mask`` ``(B, T)`` which of them are real. They are written into the spare
+        columns; when too few are left, the batch moves to arrays with room for about an eighth more
+        (:func:`spare_columns`), the one copy of the columns before. The result shares this batch's
+        arrays: append to it, not to this one, from then on."""
+        rows, T = input_mask.shape
+        W, C = self.width, self.capacity
+        kv = self.kv
+        if W + T > C:
+            _, H, _, D = kv[0].shape
+            size = W + T + max(T, spare_columns(W))
+            buf = np.empty((len(kv), rows, H, size, D), kv[0].dtype)  # 2L contiguous arrays
+            for i, a in enumerate(kv):
+                buf[i, :, :, :W] = a[:, :, :W]
+            buf[:, :, :, W + T :] = 0  # spare columns are read (masked), so they must be finite
+            kv = list(buf)
+        for a, n in zip(kv, new):
+            a[:, :, W : W + T] = n
+        return BatchKV(kv, np.concatenate([self.mask, input_mask.astype(np.int64, copy=False)], axis=1))
 
     @staticmethod
     def empty(info: ModelInfo, rows: int, dtype=np.float32) -> BatchKV:
@@ -153,18 +183,30 @@ class BatchKV:
                 mask[b, width - m :] = 1
         return BatchKV([buf[i, j] for i in range(L) for j in range(2)], mask)
 
-    def select(self, rows: list[int] | np.ndarray) -> BatchKV:
-        """The batch of ``rows`` only, without the leading columns none of them uses (one copy)."""
+    def select(self, rows: list[int] | np.ndarray, spare: int = 0) -> BatchKV:
+        """The batch of ``rows`` only, without the leading columns none of them uses (one copy), with
+        ``spare`` zero columns after them for :meth:`append`."""
         idx = np.asarray(rows, dtype=np.int64)
         if len(idx) == self.rows and bool((idx == np.arange(self.rows)).all()):
             return self  # every row, in order: nothing to copy
         mask = self.mask[idx]
-        first = _first_used(mask)
-        return BatchKV([a[idx, :, first:, :] for a in self.kv], np.ascontiguousarray(mask[:, first:]))
+        first, width = _first_used(mask), self.width
+        mask = np.ascontiguousarray(mask[:, first:])
+        if not spare:
+            return BatchKV([a[idx, :, first:width, :] for a in self.kv], mask)
+        _, H, _, D = self.kv[0].shape
+        n = width - first
+        buf = np.empty((len(self.kv), len(idx), H, n + spare, D), self.kv[0].dtype)
+        for i, a in enumerate(self.kv):
+            for j, r in enumerate(idx):  # row by row: no temporary copy of the selection
+                buf[i, j, :, :n] = a[r, :, first:width]
+        buf[:, :, :, n:] = 0
+        return BatchKV(list(buf), mask)
 
     @staticmethod
-    def concat(parts: list[BatchKV]) -> BatchKV:
-        """Stack batches along rows, left-padding each to the widest (one copy of each part)."""
+    def concat(parts: list[BatchKV], spare: int = 0) -> BatchKV:
+        """Stack batches along rows, left-padding each to the widest (one copy of each part), with
+        ``spare`` zero columns after them for :meth:`append`."""
         parts = [p for p in parts if p.rows]
         if len(parts) == 1:
             return parts[0]
@@ -172,7 +214,9 @@ class BatchKV:
         rows = sum(p.rows for p in parts)
         first = parts[0].kv[0]
         _, H, _, D = first.shape
-        buf = np.empty((len(parts[0].kv), rows, H, width, D), first.dtype)  # 2L contiguous arrays
+        buf = np.empty((len(parts[0].kv), rows, H, width + spare, D), first.dtype)  # 2L contiguous arrays
+        if spare:
+            buf[:, :, :, width:] = 0
         mask = np.zeros((rows, width), np.int64)
         at = 0
         for p in parts:
@@ -180,7 +224,7 @@ class BatchKV:
             if pad:
                 buf[:, at : at + p.rows, :, :pad, :] = 0
             for i, a in enumerate(p.kv):
-                buf[i, at : at + p.rows, :, pad:, :] = a
+                buf[i, at : at + p.rows, :, pad:width, :] = a[:, :, : p.width]
             mask[at : at + p.rows, pad:] = p.mask
             at += p.rows
         return BatchKV(list(buf), mask)
@@ -196,10 +240,28 @@ class BatchKV:
         return out
 
 
+def spare_columns(width: int) -> int:
+    """Spare KV columns a batch of ``width`` gets when it is copied anyway: about an eighth more, at
+    least 16, so that :meth:`BatchKV.append` copies a growing batch every few dozen steps."""
+    return max(16, width // 8)
+
+
 def _first_used(mask: np.ndarray) -> int:
     """Index of the first column any row of ``mask`` ``(B, W)`` uses (``W`` if none)."""
     used = mask.any(axis=0)
     return int(np.argmax(used)) if used.any() else mask.shape[1]
+
+
+APPEND_KV_MIN_FLOATS = 256
+"""Floats of K and V a token and layer from which a model decodes on the append-only graph by
+default. SmolLM2-135M has 384 (3 KV heads of 64): its decode passes of 16 rows after 316 tokens took
+95 instead of 130 ms. The village's act models have 64–128, and there the graph's extra nodes cost
+more than the copy saves (a replay of 1,000-agent ticks: 736–761 against 813–832 decisions/s)."""
+
+MAX_APPEND_TOKENS = 16
+"""Most new tokens a row for :meth:`OrtEngine.forward_append`'s graph: its score copy grows with
+them, the KV copy it saves does not (the break-even is near 20 tokens for the village's act models,
+40 for SmolLM2)."""
 
 
 class OrtEngine:
@@ -210,6 +272,10 @@ class OrtEngine:
         providers: see :func:`choose_providers`.
         intra_op_threads: ONNX Runtime intra-op threads (``None``: ``MURMURATE_THREADS`` or all cores).
         inter_op_threads: ONNX Runtime inter-op threads.
+        append_kv: also load the append-only decode graph (:mod:`runtime.kvgraph`) for
+            :meth:`forward_append`, when the model's attention has the layout it rewrites. It is a
+            second session: the weights are held twice. ``None`` (default): for models whose KV is at
+            least :data:`APPEND_KV_MIN_FLOATS` floats a token and layer.
     """
 
     def __init__(
@@ -218,6 +284,7 @@ class OrtEngine:
         providers: list[str] | str | None = None,
         intra_op_threads: int | None = None,
         inter_op_threads: int = 1,
+        append_kv: bool | None = None,
     ):
         self.artifacts = artifacts
         self.info = artifacts.info
@@ -251,6 +318,31 @@ class OrtEngine:
         self._outputs = ["logits", *self._present_names]
         self.forward_calls = 0
         self.forward_tokens = 0
+        if append_kv is None:
+            append_kv = 2 * self.info.num_kv_heads * self.info.head_dim >= APPEND_KV_MIN_FLOATS
+        self.decode_session = self._append_kv_session(opts) if append_kv else None
+
+    def _append_kv_session(self, opts) -> ort.InferenceSession | None:
+        import onnx
+
+        from runtime.kvgraph import append_kv_graph
+
+        try:
+            graph = append_kv_graph(onnx.load(str(self.artifacts.onnx_path)), self.info.num_layers)
+            if graph is None:
+                log.info(
+                    "engine %s: attention layout not rewritable; decoding with the exported graph",
+                    self.artifacts.name,
+                )
+                return None
+            return ort.InferenceSession(
+                graph.SerializeToString(), sess_options=opts, providers=self.providers
+            )
+        except Exception as e:  # the exported graph still serves every pass
+            log.warning(
+                "engine %s: no append-only decode graph (%s: %s)", self.artifacts.name, type(e).__name__, e
+            )
+            return None
 
     def empty_kv(self, rows: int) -> BatchKV:
         return BatchKV.empty(self.info, rows, self.kv_dtype)
@@ -269,16 +361,43 @@ class OrtEngine:
         Returns:
             logits of each row's last token ``(B, V)`` and the KV with ``W + T`` columns.
         """
+        W = past.width
         mask = np.concatenate([past.mask, input_mask.astype(np.int64)], axis=1)  # (B, W + T)
+        kv = past.kv if past.capacity == W else [np.ascontiguousarray(a[:, :, :W]) for a in past.kv]
+        outs = self._run(self.session, input_ids, positions, mask, kv, input_mask)
+        # (B, V): rows are right-aligned, the last column is each row's newest token
+        return outs[0][:, -1, :], BatchKV(list(outs[1:]), mask)
+
+    def spare_columns(self, width: int) -> int:
+        """Spare columns worth giving a batch of ``width`` that is copied anyway (0 without the
+        append-only graph)."""
+        return spare_columns(width) if self.decode_session is not None else 0
+
+    def forward_append(
+        self, input_ids: np.ndarray, positions: np.ndarray, input_mask: np.ndarray, past: BatchKV
+    ) -> tuple[np.ndarray, BatchKV]:
+        """:meth:`forward` without copying the past: on the append-only graph (:mod:`runtime.kvgraph`)
+        the pass returns the new tokens' KV only, written into ``past``'s spare columns
+        (:meth:`BatchKV.append`); the result shares ``past``'s arrays. Falls back to :meth:`forward`
+        when the model has no such graph. Meant for decode passes (few new tokens a row): with many,
+        the graph's copy of the attention scores costs more than the KV copy it saves."""
+        B, T = input_ids.shape
+        if self.decode_session is None or T > MAX_APPEND_TOKENS:
+            return self.forward(input_ids, positions, input_mask, past)
+        W, C = past.width, past.capacity
+        mask = np.zeros((B, C + T), np.int64)  # spare columns are fed too, masked out
+        mask[:, :W] = past.mask
+        mask[:, C:] = input_mask
+        outs = self._run(self.decode_session, input_ids, positions, mask, past.kv, input_mask)
+        return outs[0][:, -1, :], past.append(outs[1:], input_mask)
+
+    def _run(self, session, input_ids, positions, mask, kv, input_mask) -> list[np.ndarray]:
         feed = {"input_ids": input_ids.astype(np.int64, copy=False), "attention_mask": mask}
         if self._has_position_ids:
             feed["position_ids"] = positions.astype(np.int64, copy=False)
-        for name, arr in zip(self._past_names, past.kv):
+        for name, arr in zip(self._past_names, kv):
             feed[name] = arr
-        outs = self.session.run(self._outputs, feed)
+        outs = session.run(self._outputs, feed)
         self.forward_calls += 1
         self.forward_tokens += int(input_mask.sum())
-        logits = outs[0][
-            :, -1, :
-        ]  # (B, V): rows are right-aligned, the last column is each row's newest token
-        return logits, BatchKV(list(outs[1:]), mask)
+        return outs

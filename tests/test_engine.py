@@ -27,20 +27,25 @@ def requests(n_new=12, **sampling) -> list[Request]:
     ]
 
 
+@pytest.mark.parametrize("append_kv", [False, True])
 @pytest.mark.parametrize("arch", ["llama", "qwen3", "qwen3_moe"])
-def test_greedy_matches_transformers_generate(tiny_models, arch):
+def test_greedy_matches_transformers_generate(tiny_models, arch, append_kv):
+    """Also when decode passes run on the append-only graph (``append_kv``), which writes each step's
+    KV into spare columns, moving the batch to larger arrays when they run out (40 steps: twice)."""
     torch = pytest.importorskip("torch")
     from transformers import AutoModelForCausalLM
 
     hf = AutoModelForCausalLM.from_pretrained(tiny_models[arch].parent / "hf").eval()
-    b = make_batcher(tiny_models[arch], cache=False)
-    reqs = requests(16)
+    b = make_batcher(tiny_models[arch], cache=False, append_kv=append_kv)
+    assert (b.engine.decode_session is not None) == append_kv
+    n_new = 40 if append_kv else 16
+    reqs = requests(n_new)
     ours = b.run(reqs)
     eos = set(b.tok.eos_token_ids)
     for req, res in zip(reqs, ours):
         ids = b.tok.encode_prompt(req.segments)
         with torch.no_grad():
-            out = hf.generate(torch.tensor([ids]), max_new_tokens=16, do_sample=False, pad_token_id=1)
+            out = hf.generate(torch.tensor([ids]), max_new_tokens=n_new, do_sample=False, pad_token_id=1)
         theirs = [t for t in out[0, len(ids) :].tolist()]
         if theirs and theirs[-1] in eos:
             theirs = theirs[:-1]
@@ -226,6 +231,74 @@ def test_oversized_prompt_is_an_error_result(tiny_models):
     res = b.run([huge, ok])
     assert res[0].finish_reason == "error" and "does not fit the model's context" in res[0].error
     assert res[1].ok
+
+
+def test_batch_kv_appends_into_spare_columns_and_grows_when_full():
+    rng = np.random.default_rng(0)
+
+    def arrays(b, w):
+        return [rng.standard_normal((b, 1, w, 2)).astype(np.float32) for _ in range(4)]
+
+    kv = BatchKV(arrays(3, 5), np.array([[0, 1, 1, 1, 1], [1, 1, 1, 1, 1], [0, 0, 1, 1, 1]]))
+    roomy = kv.select([0, 2], spare=4)  # a copy anyway (column 0 dropped): it takes spare columns along
+    assert (roomy.width, roomy.capacity) == (4, 8) and not roomy.kv[0][:, :, 4:].any()
+    assert np.array_equal(roomy.kv[1][:, :, :4], kv.kv[1][[0, 2], :, 1:])
+    new = arrays(2, 3)
+    grown = roomy.append(new, np.array([[1, 1, 1], [0, 1, 1]]))
+    assert grown.kv[0] is roomy.kv[0]  # written into the spare columns, nothing copied
+    assert grown.width == 7 and grown.mask[1].tolist() == [0, 1, 1, 1, 0, 1, 1]
+    assert np.array_equal(grown.kv[3][:, :, 4:7], new[3])
+    more = grown.append(arrays(2, 2), np.ones((2, 2), np.int64))  # 9 > 8 columns: a larger batch
+    assert more.kv[0] is not grown.kv[0] and more.width == 9 and more.capacity >= 9 + 16
+    assert np.array_equal(more.kv[2][:, :, :7], grown.kv[2][:, :, :7]) and not more.kv[2][:, :, 9:].any()
+    assert np.array_equal(more.row_tokens(1, 0, 7)[1, 0], more.kv[2][1][:, [1, 2, 3, 5, 6, 7, 8], :])
+    both = BatchKV.concat([more, kv], spare=3)
+    assert (both.width, both.capacity) == (9, 12) and not both.kv[0][:, :, 9:].any()
+    assert np.array_equal(both.kv[0][2:, :, 4:9], kv.kv[0]) and both.mask[2:, :4].sum() == 0
+    assert np.array_equal(both.kv[1][:2, :, :9], more.kv[1][:, :, :9])
+    picked = both.select([2, 0])
+    assert picked.capacity == picked.width  # no spare unless asked
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen3_moe"])
+def test_append_kv_graph_gives_the_exported_graphs_logits_and_new_kv(tiny_models, arch):
+    """The rewritten graph attends to the past (spare, masked columns included) and the new tokens as
+    the exported one does, and returns only the new tokens' KV."""
+    from runtime.artifacts import load_model_dir
+    from runtime.engine import OrtEngine
+
+    eng = OrtEngine(load_model_dir(tiny_models[arch]), intra_op_threads=1, append_kv=True)
+    rng = np.random.default_rng(1)
+    B, W, T = 3, 9, 2
+    past = [
+        rng.standard_normal((B, eng.info.num_kv_heads, W, eng.info.head_dim)).astype(np.float32)
+        for _ in eng._past_names
+    ]
+    mask = np.ones((B, W), np.int64)
+    mask[0, :4] = 0  # left padding
+    mask[1, 6:] = 0  # spare columns at the end, zeros
+    for a in past:
+        a[1, :, 6:] = 0
+    ids = rng.integers(3, 50, (B, T))
+    pos = np.array([[5, 6], [6, 7], [9, 10]])
+    im = np.ones((B, T), np.int64)
+    logits, full = eng.forward(ids, pos, im, BatchKV([a.copy() for a in past], mask))
+    logits2, kv = eng.forward_append(ids, pos, im, BatchKV(past, mask))
+    np.testing.assert_allclose(logits2, logits, atol=1e-4)
+    for a, b in zip(kv.kv, full.kv):
+        np.testing.assert_allclose(a[:, :, : kv.width], b, atol=1e-5)
+    assert kv.width == W + T and kv.capacity > kv.width
+
+
+def test_append_kv_graph_leaves_other_layouts_alone():
+    from onnx import TensorProto, helper
+
+    from runtime.kvgraph import append_kv_graph
+
+    x = helper.make_tensor_value_info("past_key_values.0.key", TensorProto.FLOAT, [1, 1, 2, 2])
+    y = helper.make_tensor_value_info("present.0.key", TensorProto.FLOAT, [1, 1, 2, 2])
+    graph = helper.make_graph([helper.make_node("Identity", [x.name], [y.name])], "g", [x], [y])
+    assert append_kv_graph(helper.make_model(graph), layers=1) is None
 
 
 def test_batch_kv_layout_ops():
