@@ -367,11 +367,9 @@ class Batcher:
     def _spare(self, kv: BatchKV | int) -> int:
         return self.engine.spare_columns(kv if isinstance(kv, int) else kv.width)
 
-    def _forward(
-        self, seqs: list[Sequence], past: BatchKV, append: bool = False
-    ) -> tuple[np.ndarray, BatchKV]:
-        """Feed each row its pending tokens (right-aligned) in one pass; ``append``: a decode pass,
-        whose new KV is written into the batch's spare columns (:meth:`OrtEngine.forward_append`)."""
+    def _forward(self, seqs: list[Sequence], past: BatchKV, append=False) -> tuple[np.ndarray, BatchKV]:
+        """Feed each row its pending tokens (right-aligned) in one pass (``append``: a decode pass,
+        :meth:`OrtEngine.forward_append`)."""
         T = max(len(s.pending) for s in seqs if s.finish is None)
         B = len(seqs)
         ids = np.zeros((B, T), np.int64)
