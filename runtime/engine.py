@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
@@ -274,8 +275,9 @@ class OrtEngine:
         inter_op_threads: ONNX Runtime inter-op threads.
         append_kv: also load the append-only decode graph (:mod:`runtime.kvgraph`) for
             :meth:`forward_append`, when the model's attention has the layout it rewrites. It is a
-            second session: the weights are held twice. ``None`` (default): for models whose KV is at
-            least :data:`APPEND_KV_MIN_FLOATS` floats a token and layer.
+            second session (the weights are held twice), loaded from a rewritten copy of the graph that
+            the first load writes to :func:`runtime.kvgraph.graph_cache_dir`. ``None`` (default): for
+            models whose KV is at least :data:`APPEND_KV_MIN_FLOATS` floats a token and layer.
     """
 
     def __init__(
@@ -323,26 +325,26 @@ class OrtEngine:
         self.decode_session = self._append_kv_session(opts) if append_kv else None
 
     def _append_kv_session(self, opts) -> ort.InferenceSession | None:
-        import onnx
+        from runtime.kvgraph import append_kv_model
 
-        from runtime.kvgraph import append_kv_graph
-
-        try:
-            graph = append_kv_graph(onnx.load(str(self.artifacts.onnx_path)), self.info.num_layers)
-            if graph is None:
-                log.info(
-                    "engine %s: attention layout not rewritable; decoding with the exported graph",
-                    self.artifacts.name,
-                )
-                return None
-            return ort.InferenceSession(
-                graph.SerializeToString(), sess_options=opts, providers=self.providers
-            )
-        except Exception as e:  # the exported graph still serves every pass
-            log.warning(
-                "engine %s: no append-only decode graph (%s: %s)", self.artifacts.name, type(e).__name__, e
-            )
-            return None
+        name, path = self.artifacts.name, self.artifacts.onnx_path
+        for attempt in range(2):
+            src = None
+            try:
+                src = append_kv_model(path, self.info.num_layers)
+                if src is None:
+                    log.info(
+                        "engine %s: attention layout not rewritable; decoding with the exported graph", name
+                    )
+                    return None
+                model = src.read_bytes() if isinstance(src, Path) else src
+                return ort.InferenceSession(model, sess_options=opts, providers=self.providers)
+            except Exception as e:  # the exported graph still serves every pass
+                if attempt == 0 and isinstance(src, Path):  # a damaged cached graph: write it anew
+                    src.unlink(missing_ok=True)
+                    continue
+                log.warning("engine %s: no append-only decode graph (%s: %s)", name, type(e).__name__, e)
+        return None
 
     def empty_kv(self, rows: int) -> BatchKV:
         return BatchKV.empty(self.info, rows, self.kv_dtype)

@@ -12,6 +12,14 @@ os.environ.setdefault("MURMURATE_THREADS", "1")
 import pytest  # noqa: E402
 
 
+@pytest.fixture(scope="session", autouse=True)
+def graph_cache(tmp_path_factory):
+    """Rewritten graphs (runtime.kvgraph) go to a directory of the test session's, not the user's."""
+    path = tmp_path_factory.mktemp("graphs")
+    os.environ["MURMURATE_GRAPH_CACHE"] = str(path)
+    return path
+
+
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory):
     """Random tiny models (llama, qwen3, qwen3_moe with 8 experts / top-2), exported with optimum."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from _helpers import make_batcher
@@ -299,6 +301,53 @@ def test_append_kv_graph_leaves_other_layouts_alone():
     y = helper.make_tensor_value_info("present.0.key", TensorProto.FLOAT, [1, 1, 2, 2])
     graph = helper.make_graph([helper.make_node("Identity", [x.name], [y.name])], "g", [x], [y])
     assert append_kv_graph(helper.make_model(graph), layers=1) is None
+
+
+def test_append_kv_graph_is_cached_and_rebuilt_when_the_model_changes(tiny_models, tmp_path):
+    """The rewritten graph is written once and loaded from the cache after; a changed model file gets
+    a new graph (its old one removed), a damaged cached graph is written anew."""
+    import os
+    import shutil
+
+    from runtime.artifacts import load_model_dir
+    from runtime.engine import OrtEngine
+    from runtime.kvgraph import append_kv_model
+
+    model_dir = tmp_path / "model"
+    shutil.copytree(tiny_models["llama"], model_dir)
+    art = load_model_dir(model_dir)
+    cache = tmp_path / "graphs"
+    first = append_kv_model(art.onnx_path, art.info.num_layers, cache)
+    assert isinstance(first, Path) and first.parent == cache and first.stat().st_size > 0
+    stamp = first.stat().st_mtime_ns
+    assert append_kv_model(art.onnx_path, art.info.num_layers, cache) == first
+    assert first.stat().st_mtime_ns == stamp and [p.name for p in cache.iterdir()] == [first.name]
+    st = art.onnx_path.stat()
+    os.utime(art.onnx_path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # the model file changed
+    second = append_kv_model(art.onnx_path, art.info.num_layers, cache)
+    assert second != first and [p.name for p in cache.iterdir()] == [second.name]
+    os.environ["MURMURATE_GRAPH_CACHE"], before = str(cache), os.environ["MURMURATE_GRAPH_CACHE"]
+    try:
+        second.write_bytes(b"not a graph")
+        eng = OrtEngine(art, intra_op_threads=1, append_kv=True)
+        assert eng.decode_session is not None and second.stat().st_size > 100
+    finally:
+        os.environ["MURMURATE_GRAPH_CACHE"] = before
+
+
+def test_append_kv_model_remembers_a_layout_it_cannot_rewrite(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    from runtime.kvgraph import append_kv_model
+
+    x = helper.make_tensor_value_info("past_key_values.0.key", TensorProto.FLOAT, [1, 1, 2, 2])
+    y = helper.make_tensor_value_info("present.0.key", TensorProto.FLOAT, [1, 1, 2, 2])
+    graph = helper.make_graph([helper.make_node("Identity", [x.name], [y.name])], "g", [x], [y])
+    onnx.save(helper.make_model(graph), tmp_path / "model.onnx")
+    assert append_kv_model(tmp_path / "model.onnx", 1, tmp_path / "graphs") is None
+    assert [p.suffix for p in (tmp_path / "graphs").iterdir()] == [".none"]
+    assert append_kv_model(tmp_path / "model.onnx", 1, tmp_path / "graphs") is None
 
 
 def test_batch_kv_layout_ops():
