@@ -27,9 +27,8 @@ new K/V feeding a ``Transpose → MatMul`` and a ``MatMul``); any other layout l
 :func:`append_kv_model` keeps the rewritten graph in a cache directory (``MURMURATE_GRAPH_CACHE``,
 default ``~/.cache/murmurate/graphs``), keyed by the model file's path, size and modification time
 (one graph a model file: a changed file's old graph is removed). Rewritten in memory at every load,
-SmolLM2-135M's engine took 7.9-8.4 s to load and held 2,402 MB (peak 2,808 MB); read from the cache,
-4.7-5.4 s and 1,921-2,091 MB (peak 2,284 MB). The engine hands ONNX Runtime the cached file's bytes:
-given its path instead, ONNX Runtime held less (1,550 MB) but `bench talk` decoded 5% slower.
+SmolLM2-135M's engine took 7.9-8.4 s to load and held 2,402 MB (peak 2,808 MB); with the graph read
+from the cache, 3.0 s and 1,401-1,617 MB (peak 1,508-1,725 MB).
 """
 
 from __future__ import annotations
