@@ -24,9 +24,9 @@ It matches the exported attention of :mod:`exports.attention` and optimum's (``C
 new K/V feeding a ``Transpose → MatMul`` and a ``MatMul``); any other layout leaves the graph alone
 (:func:`append_kv_graph` returns ``None``) and the engine decodes with the exported graph.
 
-:func:`append_kv_model` keeps the rewritten graph in a cache directory (``MURMURATE_GRAPH_CACHE``,
-default ``~/.cache/murmurate/graphs``), keyed by the model file's path, size and modification time
-(one graph a model file: a changed file's old graph is removed). Rewritten in memory at every load,
+:func:`append_kv_model` keeps the rewritten graph in a cache directory (``graphs`` under
+``MURMURATE_CACHE``, default ``~/.cache/murmurate/graphs``), keyed by the model file's path, size and
+modification time (one graph a model file: a changed file's old graph is removed). Rewritten in memory at every load,
 SmolLM2-135M's engine took 7.9-8.4 s to load and held 2,402 MB (peak 2,808 MB); with the graph read
 from the cache, 3.0 s and 1,401-1,617 MB (peak 1,508-1,725 MB).
 """
@@ -51,9 +51,10 @@ log = logging.getLogger(__name__)
 
 
 def graph_cache_dir() -> Path:
-    """Where rewritten graphs are kept: ``MURMURATE_GRAPH_CACHE``, or ``~/.cache/murmurate/graphs``."""
-    env = os.environ.get("MURMURATE_GRAPH_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "murmurate" / "graphs"
+    """Where rewritten graphs are kept: ``graphs`` in :func:`runtime.registry.cache_dir`."""
+    from runtime.registry import cache_dir
+
+    return cache_dir() / "graphs"
 
 
 def append_kv_model(

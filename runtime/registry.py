@@ -14,6 +14,12 @@ from pathlib import Path
 from runtime.artifacts import MANIFEST
 
 
+def cache_dir() -> Path:
+    """Where murmurate keeps what it generates (benchmark models, rewritten graphs):
+    ``MURMURATE_CACHE`` or ``~/.cache/murmurate``."""
+    return Path(os.environ.get("MURMURATE_CACHE", Path.home() / ".cache" / "murmurate"))
+
+
 def search_path() -> list[Path]:
     paths = [Path(__file__).resolve().parent.parent / "exports" / "models"]
     user = os.environ.get("MURMURATE_MODELS")

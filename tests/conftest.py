@@ -13,10 +13,11 @@ import pytest  # noqa: E402
 
 
 @pytest.fixture(scope="session", autouse=True)
-def graph_cache(tmp_path_factory):
-    """Rewritten graphs (runtime.kvgraph) go to a directory of the test session's, not the user's."""
-    path = tmp_path_factory.mktemp("graphs")
-    os.environ["MURMURATE_GRAPH_CACHE"] = str(path)
+def murmurate_cache(tmp_path_factory):
+    """What murmurate generates (rewritten graphs, benchmark models) goes to a directory of the test
+    session's, not the user's."""
+    path = tmp_path_factory.mktemp("murmurate-cache")
+    os.environ["MURMURATE_CACHE"] = str(path)
     return path
 
 

@@ -10,10 +10,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-
-def cache_dir() -> Path:
-    """Where generated benchmark models live (``MURMURATE_CACHE`` or ``~/.cache/murmurate``)."""
-    return Path(os.environ.get("MURMURATE_CACHE", Path.home() / ".cache" / "murmurate"))
+from runtime.registry import cache_dir
 
 
 def default_bench_model(console: Console | None = None) -> Path:
