@@ -155,14 +155,14 @@ def _model_scheduler(args: argparse.Namespace, talk: list[str] = ()):
     return scheduler, served, talk_names
 
 
-def _stats(sim) -> dict[str, float]:
+def _stats(sim) -> dict[str, float | int]:
     if not sim.metrics:
         return {}
     m = sim.metrics[-1]
     return {
         "decisions/s": m.decisions / max(m.wall_s, 1e-9),
-        "fallbacks": float(m.fallbacks),
-        "refused": float(m.refused),
+        "fallbacks": m.fallbacks,  # counts: the HUD writes them as integers
+        "refused": m.refused,
     }
 
 

@@ -34,7 +34,7 @@ def resolve_model(spec: str) -> Path:
     found = find_model(spec)
     if found is None:
         raise ModelError(
-            f"--model {spec!r}: no such directory and no installed model of that name (see `murmurate models list`)"
+            f"model {spec!r}: no such directory and no installed model of that name (see `murmurate models list`)"
         )
     return found
 

@@ -101,6 +101,20 @@ def test_cli_headless_expert_run(tmp_path, monkeypatch):
     assert sum(1 for line in (out / "events.jsonl").read_text().splitlines() if '"decision"' in line) == 72
 
 
+def test_hud_counts_stay_integers():
+    # The recording's HUD writes counts as counts ("refused 3", not "refused 3.00").
+    from types import SimpleNamespace
+
+    from runtime.cli import _stats
+    from worlds.render.renderer import format_stat
+
+    tick = SimpleNamespace(decisions=12, wall_s=0.02, fallbacks=0, refused=3)
+    stats = _stats(SimpleNamespace(metrics=[tick]))
+    assert format_stat(stats["refused"]) == "3" and format_stat(stats["fallbacks"]) == "0"
+    assert format_stat(stats["decisions/s"]) == "600"
+    assert _stats(SimpleNamespace(metrics=[])) == {}
+
+
 def test_cli_model_brain_errors_are_clear(tmp_path, capsys, monkeypatch):
     # Without the shipped models (an empty search path) the default says how to get them.
     monkeypatch.setattr("runtime.registry.search_path", lambda: [tmp_path / "empty"])
