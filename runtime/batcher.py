@@ -387,7 +387,8 @@ class Batcher:
         t0 = time.perf_counter()  # wall clocks only: reading thread CPU time is a system call
         forward = self.engine.forward_append if append else self.engine.forward
         logits, kv = forward(ids, pos, mask, past)
-        self.stats.engine_s += time.perf_counter() - t0
+        self.stats.engine_s += (dt := time.perf_counter() - t0)
+        self.stats.decode_engine_s += dt if append else 0.0
         return logits, kv
 
     # ---- sampling and finishing ---------------------------------------------------------------

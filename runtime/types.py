@@ -192,6 +192,7 @@ class BatcherStats:
     prefill_passes: int = 0
     decode_passes: int = 0
     engine_s: float = 0.0  # inside ONNX Runtime
+    decode_engine_s: float = 0.0  # the part of ``engine_s`` spent in decode passes (the rest: prefill)
     step_s: float = 0.0  # inside :meth:`Batcher.step` (engine included)
     add_s: float = 0.0  # queueing requests: tokenizing, compiling constraints
 

@@ -123,6 +123,9 @@ def test_requests_join_a_running_batch(tiny_models):
         assert len(b.running) <= 3
     for req, ref in zip(reqs, reference):
         assert got[req.id].token_ids == ref.token_ids
+    # engine time is split by pass: decode passes (one per step after a prefill) and the rest
+    st = b.stats
+    assert st.decode_passes > 0 and 0 < st.decode_engine_s < st.engine_s
 
 
 def test_small_decode_cohorts_merge_without_changing_outputs(tiny_models):

@@ -184,6 +184,8 @@ def test_bench_village_quick_writes_json_and_plot(ray_session, tiny_models, tmp_
             "overhead_share",
             "worker_python_share",
             "outside_ort_share",
+            "prefill_share",
+            "decode_share",
             "peak_rss_mb",
         }
         assert r["decisions_per_s"] > 0
@@ -193,6 +195,10 @@ def test_bench_village_quick_writes_json_and_plot(ray_session, tiny_models, tmp_
         assert r["outside_ort_share"] == pytest.approx(
             r["overhead_share"] + r["worker_python_share"], abs=0.05
         )
+        # inside ONNX Runtime = its prefill passes + its decode passes (none here: the tiny random
+        # model idles, and its first sampled token and the grammar's forced ones make that action)
+        assert r["prefill_share"] > 0 and r["decode_share"] >= 0
+        assert r["prefill_share"] + r["decode_share"] == pytest.approx(1 - r["outside_ort_share"], abs=0.05)
     assert set(data["baselines"]) == {"per_agent_hf", "runtime_no_cache", "runtime_cache", "cascade"}
     assert data["baselines"]["per_agent_hf"]["vs_per_agent_hf"] == 1.0
     for name, b in data["baselines"].items():  # each baseline on both seeds, as the counts: a median

@@ -97,7 +97,7 @@ def _run_count(n: int, name: str, serve_name: str, scheduler, cfg: VillageBenchC
     quiet_gc()  # as `murmurate run` does once its world and scheduler are built
     before = _worker_seconds(scheduler)
     ms = [sim.step() for _ in range(cfg.ticks)]
-    engine_s, worker_s = (b - a for a, b in zip(before, _worker_seconds(scheduler)))
+    engine_s, worker_s, decode_s = (b - a for a, b in zip(before, _worker_seconds(scheduler)))
     wall = sum(m.wall_s for m in ms)
     lat = np.concatenate([np.asarray(m.latencies_ms) for m in ms]) if ms else np.zeros(1)
     decisions = sum(m.decisions for m in ms)
@@ -123,6 +123,10 @@ def _run_count(n: int, name: str, serve_name: str, scheduler, cfg: VillageBenchC
         "worker_python_share": max(0.0, (worker_s - engine_s) / (wall * max(1, cfg.workers))),
         # the two together: every moment a worker was not inside ONNX Runtime
         "outside_ort_share": max(0.0, 1.0 - engine_s / (wall * max(1, cfg.workers))),
+        # inside ONNX Runtime, split: prefill passes (prompts' uncached tails) and decode passes (a
+        # sampled token and the tokens the grammar forces after it)
+        "prefill_share": max(0.0, (engine_s - decode_s) / (wall * max(1, cfg.workers))),
+        "decode_share": decode_s / (wall * max(1, cfg.workers)),
         "peak_rss_mb": peak_rss_mb() + sum(s["peak_rss_mb"] for s in stats),
         "fallbacks": sum(m.fallbacks for m in ms),
         "ms_per_decision": 1000 * wall / max(decisions, 1),
@@ -145,10 +149,15 @@ def median_run(reps: list[dict]) -> dict:
     return out
 
 
-def _worker_seconds(scheduler) -> tuple[float, float]:
-    """Seconds all workers spent in the engine, and in their batchers (engine included)."""
+def _worker_seconds(scheduler) -> tuple[float, float, float]:
+    """Seconds all workers spent in the engine, in their batchers (engine included), and in the
+    engine's decode passes."""
     stats = scheduler.worker_stats()
-    return sum(s["engine_s"] for s in stats), sum(s["step_s"] + s["add_s"] for s in stats)
+    return (
+        sum(s["engine_s"] for s in stats),
+        sum(s["step_s"] + s["add_s"] for s in stats),
+        sum(s["decode_engine_s"] for s in stats),
+    )
 
 
 def _rates(values: list[float]) -> dict:
@@ -233,7 +242,8 @@ def run_village_bench(
                     r = _run_count(n, student, student, sched, replace(cfg, seed=cfg.seed + rep))
                 console.print(
                     f"  {n:>6} agents: {r['decisions_per_s']:8.1f} decisions/s, p99 {r['p99_ms']:.0f} ms, "
-                    f"hit {r['prefix_hit_ratio'] or 0:.2f}"
+                    f"hit {r['prefix_hit_ratio'] or 0:.2f}; workers: prefill {r['prefill_share']:.2f}, "
+                    f"decode {r['decode_share']:.2f}, Python {r['worker_python_share']:.2f}"
                     + (f" (seed {cfg.seed + rep})" if cfg.repeat > 1 else "")
                 )
                 reps.append(r)
