@@ -99,6 +99,7 @@ def _run_count(n: int, name: str, serve_name: str, scheduler, cfg: VillageBenchC
     ms = [sim.step() for _ in range(cfg.ticks)]
     engine_s, worker_s, decode_s = (b - a for a, b in zip(before, _worker_seconds(scheduler)))
     wall = sum(m.wall_s for m in ms)
+    capacity = wall * max(1, cfg.workers)  # the workers' seconds in the timed ticks
     lat = np.concatenate([np.asarray(m.latencies_ms) for m in ms]) if ms else np.zeros(1)
     decisions = sum(m.decisions for m in ms)
     prompt = sum(m.prompt_tokens for m in ms)
@@ -117,16 +118,16 @@ def _run_count(n: int, name: str, serve_name: str, scheduler, cfg: VillageBenchC
         "p99_ms": float(np.percentile(lat, 99)),
         # outside the serving engine (the workers' batchers, ONNX Runtime included): the driver's
         # scheduling, prompt building, parsing and world step, Ray, and workers waiting for work
-        "overhead_share": max(0.0, 1.0 - worker_s / (wall * max(1, cfg.workers))),
+        "overhead_share": max(0.0, 1.0 - worker_s / capacity),
         # inside the engine but outside ONNX Runtime: the batchers' Python (batching, KV copies,
         # sampling, constraints, tokenizing)
-        "worker_python_share": max(0.0, (worker_s - engine_s) / (wall * max(1, cfg.workers))),
+        "worker_python_share": max(0.0, (worker_s - engine_s) / capacity),
         # the two together: every moment a worker was not inside ONNX Runtime
-        "outside_ort_share": max(0.0, 1.0 - engine_s / (wall * max(1, cfg.workers))),
+        "outside_ort_share": max(0.0, 1.0 - engine_s / capacity),
         # inside ONNX Runtime, split: prefill passes (prompts' uncached tails) and decode passes (a
         # sampled token and the tokens the grammar forces after it)
-        "prefill_share": max(0.0, (engine_s - decode_s) / (wall * max(1, cfg.workers))),
-        "decode_share": decode_s / (wall * max(1, cfg.workers)),
+        "prefill_share": max(0.0, (engine_s - decode_s) / capacity),
+        "decode_share": decode_s / capacity,
         "peak_rss_mb": peak_rss_mb() + sum(s["peak_rss_mb"] for s in stats),
         "fallbacks": sum(m.fallbacks for m in ms),
         "ms_per_decision": 1000 * wall / max(decisions, 1),
